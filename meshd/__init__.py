@@ -1,0 +1,3 @@
+"""meshd: web-based remote computer management on Twisted."""
+
+__version__ = "0.1.0"
