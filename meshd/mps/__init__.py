@@ -1,0 +1,1 @@
+"""Intel AMT CIRA: the Management Presence Server (MPS) listener."""
