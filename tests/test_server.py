@@ -195,10 +195,33 @@ class StartupTests(SynchronousTestCase):
             with open(os.path.join(datapath, name), "rb") as f:
                 self.assertEqual((f.read(), os.stat(f.name).st_mtime_ns), before[name], name)
 
+    def test_corrupt_key_file(self) -> None:
+        """A corrupt key file stops the start with one line naming the file, no traceback."""
+        datapath = fresh_datapath()
+        key = os.path.join(datapath, "agentserver-cert-private.key")
+        with open(key, "w") as f:
+            f.write("-----BEGIN RSA PRIVATE KEY-----\ngarbage\n-----END RSA PRIVATE KEY-----\n")
+        result = run_twistd(["-n", "--pidfile=", "meshd", "--datapath", datapath,
+                             "--port", "0", "--redirport", "0", "--mpsport", "0",
+                             "--cert", "127.0.0.1"])
+        self.assertNotEqual(result.returncode, 0)
+        self.assertNotIn("Traceback", result.stdout + result.stderr)
+        [line] = result.stderr.strip().splitlines()
+        self.assertTrue(line.startswith("meshd: ") and key in line, line)
+
     def test_tls_offload(self) -> None:
-        """With --tlsoffload the HTTPS port speaks plain HTTP."""
-        server = ServerProcess(fresh_datapath(), ["--tlsoffload"], https=False).start()
+        """With --tlsoffload the HTTPS port speaks plain HTTP; the proxy's certificate is hashed."""
+        datapath = fresh_datapath()
+        proxy_cert = os.path.join(datapath, "root-cert-public.crt")  # any PEM certificate
+        config = datapath + ".json"
+        with open(config, "w") as f:
+            json.dump({"settings": {"tlsOffloadCert": proxy_cert}}, f)
+        server = ServerProcess(datapath, ["--tlsoffload", "--config", config], https=False)
+        server.start()
         self.addCleanup(server.stop)
+        with open(proxy_cert, "rb") as f:
+            der = ssl.PEM_cert_to_DER_cert(f.read().decode())
+        self.assertIn(f"web certificate SHA-384 {hashlib.sha384(der).hexdigest()}", server.log())
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         conn.request("GET", "/health")
         body = json.loads(conn.getresponse().read())
