@@ -1,6 +1,9 @@
 """The service tree of one meshd process, built in one place.
 
     MeshdService (MultiService)
+     ├─ store      opened first (SQLite file or MongoDB); closed last
+     ├─ workers    thread pool for slow CPU work (password hashing)
+     ├─ expire     purges old events, power events and ended web sessions
      ├─ https      the web site, agents, users and relay: TLS (or plain HTTP with tlsOffload)
      ├─ redirect   plain HTTP: 301 to HTTPS (and ACME http-01 challenges, later)
      └─ mps        Intel AMT CIRA TLS port
@@ -15,10 +18,14 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Optional
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
@@ -28,10 +35,16 @@ from twisted.web.server import Site
 
 import meshd
 from meshd import certs, tls
+from meshd.accounts import Accounts
 from meshd.config import Config
 from meshd.mps.listener import MpsFactory
-from meshd.web import build_root
+from meshd.ratelimit import FailureLimiter
+from meshd.store import IStore, SchemaError, StoreUnavailable, open_store
+from meshd.store.expire import ExpireService
+from meshd.web import access_log_line, build_root
+from meshd.web.login import WebAuth
 from meshd.web.redirect import RedirectResource
+from meshd.web.session import Sessions
 
 _log = Logger(namespace="meshd")
 
@@ -100,6 +113,105 @@ class ListenerService(StreamServerEndpointService):
     def info(self) -> dict[str, Any]:
         port = self.listening_port.getHost().port if self.listening_port else self.spec.port
         return {"name": self.spec.name, "port": port, "tls": self.spec.tls}
+
+
+class StoreService(Service):
+    """Opens the store at start and closes it at stop.
+
+    A database that cannot be reached at start is retried every few seconds while the
+    rest of the server runs (requests that need it get a 503); a database written by a
+    newer meshd stops the server.
+    """
+
+    name = "store"
+    retry_delay = 5.0
+
+    def __init__(self, store: IStore, reactor: Any) -> None:
+        self.store = store
+        self._reactor = reactor
+        self._opened = False
+        self._retry: Any = None
+
+    def ready(self) -> "defer.Deferred[None]":
+        """Fires at once when the store is open; fails with StoreUnavailable otherwise."""
+        if self._opened:
+            return defer.succeed(None)
+        return defer.fail(StoreUnavailable(self.store.backend, self.store.location,
+                                           "not open yet"))
+
+    def startService(self) -> None:
+        super().startService()
+        self._open()
+
+    def _open(self) -> None:
+        self._retry = None
+        d = self.store.open()
+        d.addCallbacks(self._did_open, self._open_failed)
+
+    def _did_open(self, _: object) -> None:
+        self._opened = True
+        _log.info("store open: {backend} {location}", backend=self.store.backend,
+                  location=self.store.location)
+
+    def _open_failed(self, failure: Any) -> None:
+        if failure.check(StoreUnavailable) and self.running:
+            _log.error("store unavailable, retrying in {delay} s: {problem}",
+                       delay=self.retry_delay, problem=str(failure.value))
+            self._retry = self._reactor.callLater(self.retry_delay, self._open)
+            return
+        if failure.check(SchemaError):
+            _log.critical("meshd cannot start: {problem}", problem=str(failure.value))
+        else:
+            _log.failure("meshd cannot open its store", failure)
+        if self._reactor.running:
+            self._reactor.stop()
+
+    def stopService(self) -> "defer.Deferred[None]":
+        super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._opened = False
+        return self.store.close()
+
+
+class WorkerPoolService(Service):
+    """A small thread pool for blocking CPU work, started and stopped with the server."""
+
+    name = "workers"
+
+    def __init__(self, reactor: Any, threads: int = 2) -> None:
+        self._reactor = reactor
+        self.pool = ThreadPool(minthreads=0, maxthreads=threads, name="meshd-workers")
+
+    def run(self, function: Any, *args: Any) -> "defer.Deferred[Any]":
+        return deferToThreadPool(self._reactor, self.pool, function, *args)
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
+class SessionExpireService(ExpireService):
+    """The store's expiry, plus ended web sessions."""
+
+    def __init__(self, sessions: Sessions, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sessions = sessions
+
+    async def _purge(self) -> None:
+        if not self._store.is_healthy:
+            return  # not open yet (the timer's first tick comes at start); next tick
+        await super()._purge()
+        try:
+            await self._sessions.purge_expired()
+        except StoreUnavailable:
+            pass
+        except Exception:
+            self._log.failure("web session expiry failed")
 
 
 class MeshdService(MultiService):
@@ -183,9 +295,34 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
     root.web_certificate_hash = web_hash
     bind = settings.bind
 
+    # The store first: everything else uses it, and it closes last.
+    store = open_store(datapath, settings.mongodb, reactor, mongodb_name=settings.mongodb_name)
+    store_service = StoreService(store, reactor)
+    store_service.setServiceParent(root)
+    workers = WorkerPoolService(reactor)
+    workers.setServiceParent(root)
+    now = reactor.seconds
+    sessions = Sessions(store, now=now, idle_seconds=settings.session_time * 60)
+    expire = settings.db_expire
+    SessionExpireService(sessions, store, reactor,
+                         events_retention=timedelta(seconds=expire.events),
+                         power_retention=timedelta(seconds=expire.power_events)
+                         ).setServiceParent(root)
+    limits = settings.max_invalid_login
+    domain = config.default_domain
+    auth = WebAuth(
+        store=store, accounts=Accounts(store, now=now, run_blocking=workers.run),
+        sessions=sessions,
+        limiter=FailureLimiter(limits.count, limits.time * 60, limits.cool_off_time * 60),
+        now=now, title=domain.title,
+        new_accounts=domain.new_accounts if domain.new_accounts is not None
+        else settings.new_accounts,
+        ready=store_service.ready)
+
     # HTTPS: web site, /agent.ashx, /control.ashx, /meshrelay.ashx.
     site = Site(build_root(clock=reactor, started_at=root.started_at,
-                           title=config.default_domain.title, listeners=root.listeners))
+                           title=config.default_domain.title, listeners=root.listeners,
+                           auth=auth), logFormatter=access_log_line)
     site.displayTracebacks = False
     web_context = None
     if not settings.tls_offload:
@@ -198,7 +335,8 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
 
     # HTTP: redirect everything to HTTPS.
     if settings.redir_port:
-        redirect = Site(RedirectResource(settings.port, settings.cert))
+        redirect = Site(RedirectResource(settings.port, settings.cert),
+                        logFormatter=access_log_line)
         redirect.displayTracebacks = False
         ListenerService(ListenerSpec("redirect", "--redirport", settings.redir_port, False),
                         bind, _endpoint(reactor, settings.redir_port, bind, None),

@@ -73,6 +73,18 @@ class SharedServerTests(SynchronousTestCase):
             {("https", self.server.port, True), ("redirect", self.server.redirport, False),
              ("mps", self.server.mpsport, True)})
 
+    def test_access_log_without_query(self) -> None:
+        """The access log records the path but never the query string."""
+        marker = "secret" + os.urandom(6).hex()
+        conn = http.client.HTTPSConnection("127.0.0.1", self.server.port,
+                                           context=self.server.ssl_context(), timeout=10)
+        conn.request("GET", f"/health?auth={marker}", headers={"Referer": f"/x?t={marker}"})
+        conn.getresponse().read()
+        conn.close()
+        log = self.server.log()
+        self.assertIn('"GET /health HTTP/1.1" 200', log)
+        self.assertNotIn(marker, log)
+
     def test_tls13_accepted(self) -> None:
         """HTTPS negotiates TLS 1.3."""
         protocol, _cipher, _der = tls_connect(self.server.port, version=ssl.TLSVersion.TLSv1_3)

@@ -32,6 +32,22 @@ class RootTests(TestCase):
         self.assertEqual(body, {"status": "ok", "version": meshd.__version__, "uptime": 12.5,
                                 "listeners": self.listeners})
 
+    async def test_health_store_down(self) -> None:
+        """/health is 503 "degraded" while the store is unavailable, 200 when it is back."""
+        from meshd.store.memory import MemoryStore
+        from meshd.web.root import HealthResource
+
+        store = MemoryStore()
+        treq = StubTreq(HealthResource(self.clock, 1000.0, lambda: [], store))
+        response = await treq.get("https://example.com/health")
+        self.assertEqual(response.code, 503)
+        self.assertEqual(json.loads(await response.text())["store"],
+                         {"backend": "memory", "healthy": False})
+        store.open()
+        response = await treq.get("https://example.com/health")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(await response.text())["status"], "ok")
+
     async def test_home(self) -> None:
         """/ serves the home page with the domain title escaped."""
         response = await self.treq.get("https://example.com/")

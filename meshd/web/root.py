@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import json
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
@@ -16,8 +16,28 @@ from twisted.web.server import Request
 
 import meshd
 
+if TYPE_CHECKING:
+    from meshd.web.login import WebAuth
+
 # A listener as /health reports it: {"name": "https", "port": 443, "tls": True}.
 ListenerInfo = dict
+
+
+def _escape(value: bytes | str) -> str:
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    return text.encode("unicode-escape").decode("ascii").replace('"', '\\"')
+
+
+def access_log_line(timestamp: str, request: Request) -> str:
+    """The combined-log-format line, without query strings: they can carry login tokens."""
+    address = request.getClientAddress()
+    host = getattr(address, "host", "-")
+    path = request.uri.split(b"?", 1)[0]
+    referrer = (request.getHeader(b"referer") or b"-").split(b"?", 1)[0]
+    agent = request.getHeader(b"user-agent") or b"-"
+    return '"%s" - - %s "%s %s %s" %d %s "%s" "%s"' % (
+        host, timestamp, _escape(request.method), _escape(path), _escape(request.clientproto),
+        request.code, request.sentLength or "-", _escape(referrer), _escape(agent))
 
 
 def _security_headers(request: Request) -> None:
@@ -27,27 +47,38 @@ def _security_headers(request: Request) -> None:
 
 
 class HealthResource(Resource):
-    """``GET /health``: ``{"status": "ok", "version": ..., "uptime": s, "listeners": [...]}``."""
+    """``GET /health``: ``{"status": "ok", "version", "uptime", "listeners", "store"}``.
+
+    The answer is 503 with ``"status": "degraded"`` while the database is unavailable.
+    """
 
     isLeaf = True
 
     def __init__(self, clock: IReactorTime, started_at: float,
-                 listeners: Callable[[], Sequence[ListenerInfo]]) -> None:
+                 listeners: Callable[[], Sequence[ListenerInfo]],
+                 store: Optional[Any] = None) -> None:
         super().__init__()
         self._clock = clock
         self._started_at = started_at
         self._listeners = listeners
+        self._store = store
 
     def render_GET(self, request: Request) -> bytes:
         _security_headers(request)
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
-        body = {
+        body: dict[str, Any] = {
             "status": "ok",
             "version": meshd.__version__,
             "uptime": round(self._clock.seconds() - self._started_at, 3),
             "listeners": list(self._listeners()),
         }
+        if self._store is not None:
+            healthy = bool(self._store.is_healthy)
+            body["store"] = {"backend": self._store.backend, "healthy": healthy}
+            if not healthy:
+                body["status"] = "degraded"
+                request.setResponseCode(503)
         return json.dumps(body).encode("utf-8")
 
     render_HEAD = render_GET
@@ -79,8 +110,23 @@ class HomeResource(Resource):
 
 
 def build_root(*, clock: IReactorTime, started_at: float, title: str,
-               listeners: Callable[[], Sequence[ListenerInfo]]) -> Resource:
+               listeners: Callable[[], Sequence[ListenerInfo]],
+               auth: Optional["WebAuth"] = None) -> Resource:
     """Mount every HTTPS path in one place."""
-    root = HomeResource(title)
-    root.putChild(b"health", HealthResource(clock, started_at, listeners))
+    root: Resource
+    if auth is None:
+        root = HomeResource(title)
+    else:
+        from meshd.web.login import (
+            CreateAccountResource,
+            LandingResource,
+            LoginResource,
+            LogoutResource,
+        )
+        root = LandingResource(auth)
+        root.putChild(b"login", LoginResource(auth))
+        root.putChild(b"logout", LogoutResource(auth))
+        root.putChild(b"createaccount", CreateAccountResource(auth))
+    root.putChild(b"health", HealthResource(clock, started_at, listeners,
+                                            auth.store if auth is not None else None))
     return root

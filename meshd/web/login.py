@@ -1,0 +1,382 @@
+"""Login, logout, first-run account creation, and the pages around them.
+
+``GET /``               the landing page when logged in; otherwise the login form, or on a
+                        server without accounts the form that creates the administrator
+``POST /login``         form ``username``, ``password`` (``token`` for 2FA, later):
+                        303 to ``/`` with the session cookie, or 401 with the form again
+``GET /logout``         ends the session, 303 to ``/``
+``POST /createaccount`` form ``username``, ``email``, ``password1``, ``password2``: allowed
+                        when the domain has no account yet (that account becomes site
+                        administrator) or when ``newAccounts`` is on
+
+Failed logins are limited per address and per account (``settings.maxInvalidLogin``) and
+recorded as events, never with the password.  A store that is down gives a 503 page.
+"""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime, timezone
+from typing import Any, Callable, Coroutine, Optional
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+import meshd
+from meshd.accounts import AccountError, Accounts, user_id
+from meshd.ratelimit import FailureLimiter
+from meshd.store.interface import IStore, StoreUnavailable
+from meshd.web.session import COOKIE_NAME, Sessions
+
+_log = Logger(namespace="meshd.web.login")
+
+MAX_FORM = 16 * 1024
+
+
+class WebAuth:
+    """What the login pages need, built once by the service."""
+
+    def __init__(self, *, store: IStore, accounts: Accounts, sessions: Sessions,
+                 limiter: FailureLimiter, now: Callable[[], float], title: str,
+                 new_accounts: bool, ready: Callable[[], "Deferred[None]"]) -> None:
+        self.store = store
+        self.accounts = accounts
+        self.sessions = sessions
+        self.limiter = limiter
+        self.now = now
+        self.title = title
+        self.new_accounts = new_accounts
+        self.ready = ready
+        self.create_lock = DeferredLock()
+
+    async def current_user(self, request: Request) -> Optional[dict[str, Any]]:
+        token = request.getCookie(COOKIE_NAME)
+        session = await self.sessions.lookup(token.decode("latin-1") if token else None)
+        if session is None:
+            return None
+        user = await self.store.get(session["userid"])
+        return user
+
+
+def client_ip(request: Request) -> str:
+    address = request.getClientAddress()
+    return str(getattr(address, "host", "unknown"))
+
+
+def _security_headers(request: Request) -> None:
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
+    request.setHeader(b"X-Frame-Options", b"DENY")
+    request.setHeader(b"Referrer-Policy", b"no-referrer")
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.setHeader(b"Content-Security-Policy",
+                      b"default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                      b"frame-ancestors 'none'")
+
+
+def page(title: str, body: str) -> bytes:
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;max-width:28em;margin:3em auto;padding:0 1em}"
+        "label{display:block;margin:.6em 0}input{width:100%;padding:.4em}"
+        ".error{color:#a00}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1>{body}</body></html>\n"
+    ).encode("utf-8")
+
+
+def login_form(error: str = "", username: str = "") -> str:
+    message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    return (
+        f"{message}<form method=\"post\" action=\"/login\">"
+        "<label>User name <input name=\"username\" autocomplete=\"username\" "
+        f"value=\"{html.escape(username)}\" required autofocus></label>"
+        "<label>Password <input name=\"password\" type=\"password\" "
+        "autocomplete=\"current-password\" required></label>"
+        "<button type=\"submit\">Log in</button></form>"
+    )
+
+
+def create_form(first: bool, error: str = "", username: str = "", email: str = "") -> str:
+    intro = ("<p>This server has no account yet. The account you create now is the "
+             "site administrator.</p>") if first else "<p>Create an account.</p>"
+    message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    return (
+        f"{intro}{message}<form method=\"post\" action=\"/createaccount\">"
+        "<label>User name <input name=\"username\" autocomplete=\"username\" "
+        f"value=\"{html.escape(username)}\" required autofocus></label>"
+        "<label>E-mail (optional) <input name=\"email\" type=\"email\" "
+        f"value=\"{html.escape(email)}\"></label>"
+        "<label>Password <input name=\"password1\" type=\"password\" "
+        "autocomplete=\"new-password\" required></label>"
+        "<label>Password again <input name=\"password2\" type=\"password\" "
+        "autocomplete=\"new-password\" required></label>"
+        "<button type=\"submit\">Create account</button></form>"
+    )
+
+
+def _arg(request: Request, name: bytes) -> str:
+    values = request.args.get(name) if request.args else None
+    if not values:
+        return ""
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+
+
+def _same_origin(request: Request) -> bool:
+    """A form post from another site is refused (the cookie is SameSite=Lax as well)."""
+    origin = request.getHeader(b"origin")
+    if origin is None or origin == "null":
+        return origin is None
+    host = request.getHeader(b"host") or ""
+    return urlsplit(origin).netloc.lower() == host.lower()
+
+
+def _too_large(request: Request) -> bool:
+    content = request.content
+    if content is None:
+        return False
+    position = content.tell()
+    content.seek(0, 2)
+    size = content.tell()
+    content.seek(position)
+    return size > MAX_FORM
+
+
+def _set_session_cookie(request: Request, token: str) -> None:
+    request.addCookie(COOKIE_NAME, token.encode("ascii"), path=b"/", secure=True,
+                      httpOnly=True, sameSite="lax")
+
+
+def _clear_session_cookie(request: Request) -> None:
+    request.addCookie(COOKIE_NAME, b"", path=b"/", secure=True, httpOnly=True,
+                      sameSite="lax", max_age=b"0", expires=b"Thu, 01 Jan 1970 00:00:00 GMT")
+
+
+def render_async(request: Request,
+                 handler: Callable[[], Coroutine[Any, Any, bytes]]) -> object:
+    """Run an async page handler; a dead store is a 503, a bug a bare 500."""
+
+    async def run() -> None:
+        try:
+            body = await handler()
+        except StoreUnavailable as e:
+            _log.error("request {path} failed: {problem}", path=request.path, problem=str(e))
+            request.setResponseCode(503)
+            request.setHeader(b"Retry-After", b"10")
+            body = page("Service unavailable",
+                        "<p>The database is unavailable right now. Try again shortly.</p>")
+        except Exception:
+            _log.failure("request {path} failed", path=request.path)
+            request.setResponseCode(500)
+            body = page("Error", "<p>Something went wrong on the server.</p>")
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+            request.write(body)
+            request.finish()
+
+    _security_headers(request)
+    Deferred.fromCoroutine(run())
+    return NOT_DONE_YET
+
+
+class LandingResource(Resource):
+    """``GET /``: landing page, login form, or first-run account creation."""
+
+    def __init__(self, auth: WebAuth) -> None:
+        super().__init__()
+        self._auth = auth
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path == b"":
+            return self
+        return super().getChild(path, request)
+
+    def render_GET(self, request: Request) -> object:
+        return render_async(request, lambda: self._render(request))
+
+    async def _render(self, request: Request) -> bytes:
+        auth = self._auth
+        await auth.ready()
+        user = await auth.current_user(request)
+        if user is not None:
+            name = html.escape(user.get("name", ""))
+            admin = " (site administrator)" if user.get("siteadmin") == 0xFFFFFFFF else ""
+            return page(auth.title, f"<p>Logged in as <strong id=\"user\">{name}</strong>"
+                                    f"{admin}.</p><p>meshd {html.escape(meshd.__version__)}"
+                                    "</p><p><a href=\"/logout\">Log out</a></p>")
+        if await auth.accounts.count() == 0:
+            return page(auth.title, create_form(first=True))
+        extra = ('<p><a href="/createaccount">Create an account</a></p>'
+                 if auth.new_accounts else "")
+        return page(auth.title, login_form() + extra)
+
+
+class LoginResource(Resource):
+    isLeaf = True
+
+    def __init__(self, auth: WebAuth) -> None:
+        super().__init__()
+        self._auth = auth
+
+    def render_GET(self, request: Request) -> object:
+        request.redirect(b"/")
+        request.setResponseCode(303)
+        return b""
+
+    def render_POST(self, request: Request) -> object:
+        return render_async(request, lambda: self._login(request))
+
+    async def _login(self, request: Request) -> bytes:
+        auth = self._auth
+        await auth.ready()
+        if not _same_origin(request):
+            request.setResponseCode(403)
+            return page(auth.title, "<p>Cross-site form posts are refused.</p>")
+        if _too_large(request):
+            request.setResponseCode(413)
+            return page(auth.title, "<p>The form is too large.</p>")
+        username = _arg(request, b"username").strip()
+        password = _arg(request, b"password")
+        ip = client_ip(request)
+        now = auth.now()
+        uid = user_id(username) if username else ""
+        wait = max(auth.limiter.blocked_for("ip:" + ip, now),
+                   auth.limiter.blocked_for("user:" + uid, now) if uid else 0.0)
+        if wait > 0:
+            minutes = max(1, int((wait + 59) // 60))
+            request.setResponseCode(429)
+            request.setHeader(b"Retry-After", str(int(wait) + 1).encode())
+            _log.warn("login refused for {user_id} from {ip}: too many failures",
+                      user_id=uid, ip=ip)
+            return page(auth.title, login_form(
+                f"Too many failed logins. Try again in {minutes} minute"
+                f"{'s' if minutes != 1 else ''}.", username))
+        user = await auth.accounts.authenticate(username, password)
+        if user is None:
+            auth.limiter.failure("ip:" + ip, now)
+            if uid:
+                auth.limiter.failure("user:" + uid, now)
+            _log.info("failed login for {user_id} from {ip}", user_id=uid, ip=ip)
+            if uid:
+                await auth.store.store_event({
+                    "etype": "user", "action": "authfail", "userid": uid,
+                    "username": username[:64], "domain": "", "ids": [uid, "*"],
+                    "msg": f"Failed login attempt from {ip}",
+                    "time": datetime.fromtimestamp(now, timezone.utc)})
+            request.setResponseCode(401)
+            return page(auth.title, login_form("Invalid user name or password.", username))
+        auth.limiter.success("ip:" + ip)
+        auth.limiter.success("user:" + uid)
+        token = await auth.sessions.create(user, ip)
+        _set_session_cookie(request, token)
+        _log.info("{user_id} logged in from {ip}", user_id=user["_id"], ip=ip)
+        await auth.store.store_event({
+            "etype": "user", "action": "login", "userid": user["_id"],
+            "username": user.get("name"), "domain": user.get("domain", ""),
+            "ids": [user["_id"], "*"], "msg": f"Account login from {ip}",
+            "time": datetime.fromtimestamp(now, timezone.utc)})
+        request.setResponseCode(303)
+        request.setHeader(b"Location", b"/")
+        return b""
+
+
+class LogoutResource(Resource):
+    isLeaf = True
+
+    def __init__(self, auth: WebAuth) -> None:
+        super().__init__()
+        self._auth = auth
+
+    def render_GET(self, request: Request) -> object:
+        return render_async(request, lambda: self._logout(request))
+
+    async def _logout(self, request: Request) -> bytes:
+        auth = self._auth
+        await auth.ready()
+        token = request.getCookie(COOKIE_NAME)
+        record = await auth.sessions.destroy(token.decode("latin-1") if token else None)
+        _clear_session_cookie(request)
+        if record is not None:
+            _log.info("{user_id} logged out", user_id=record["userid"])
+            await auth.store.store_event({
+                "etype": "user", "action": "logout", "userid": record["userid"],
+                "username": record["userid"].split("/", 2)[-1], "domain": record.get("domain", ""),
+                "ids": [record["userid"], "*"], "msgid": 2, "msg": "Account logout",
+                "time": datetime.fromtimestamp(auth.now(), timezone.utc)})
+        request.setResponseCode(303)
+        request.setHeader(b"Location", b"/")
+        return b""
+
+
+class CreateAccountResource(Resource):
+    isLeaf = True
+
+    def __init__(self, auth: WebAuth) -> None:
+        super().__init__()
+        self._auth = auth
+
+    def render_GET(self, request: Request) -> object:
+        return render_async(request, lambda: self._form(request))
+
+    async def _form(self, request: Request) -> bytes:
+        auth = self._auth
+        await auth.ready()
+        first = await auth.accounts.count() == 0
+        if not first and not auth.new_accounts:
+            request.setResponseCode(401)
+            return page(auth.title, "<p>New accounts are not allowed on this server.</p>")
+        return page(auth.title, create_form(first))
+
+    def render_POST(self, request: Request) -> object:
+        return render_async(request, lambda: self._create(request))
+
+    async def _create(self, request: Request) -> bytes:
+        auth = self._auth
+        await auth.ready()
+        if not _same_origin(request):
+            request.setResponseCode(403)
+            return page(auth.title, "<p>Cross-site form posts are refused.</p>")
+        if _too_large(request):
+            request.setResponseCode(413)
+            return page(auth.title, "<p>The form is too large.</p>")
+        username = _arg(request, b"username").strip()
+        email = _arg(request, b"email").strip() or None
+        password1, password2 = _arg(request, b"password1"), _arg(request, b"password2")
+        # One creation at a time, so two first visitors cannot both become administrator.
+        await auth.create_lock.acquire()
+        try:
+            first = await auth.accounts.count() == 0
+            if not first and not auth.new_accounts:
+                request.setResponseCode(401)
+                return page(auth.title, "<p>New accounts are not allowed on this server.</p>")
+            try:
+                if password1 != password2:
+                    raise AccountError("the two passwords differ")
+                user = await auth.accounts.create(username, password1, email=email)
+            except AccountError as e:
+                request.setResponseCode(400)
+                return page(auth.title, create_form(first, str(e).capitalize() + ".",
+                                                    username, email or ""))
+        finally:
+            auth.create_lock.release()
+        ip = client_ip(request)
+        stored = await auth.store.get(user["_id"])
+        assert stored is not None
+        token = await auth.sessions.create(stored, ip)
+        _set_session_cookie(request, token)
+        _log.info("account {user_id} created from {ip}", user_id=user["_id"], ip=ip)
+        await auth.store.store_event({
+            "etype": "user", "action": "accountcreate", "userid": user["_id"],
+            "username": user["name"], "domain": user.get("domain", ""),
+            "ids": [user["_id"], "*", "server-users"], "msgid": 64,
+            "msg": f"Account created, username is {user['name']}",
+            "time": datetime.fromtimestamp(auth.now(), timezone.utc)})
+        request.setResponseCode(303)
+        request.setHeader(b"Location", b"/")
+        return b""

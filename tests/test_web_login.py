@@ -1,0 +1,85 @@
+"""Tests for meshd.web.login on an in-memory store (no sockets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from meshd.accounts import Accounts
+from meshd.ratelimit import FailureLimiter
+from meshd.store.memory import MemoryStore
+from meshd.web import build_root
+from meshd.web.login import WebAuth
+from meshd.web.session import Sessions
+
+
+def run_now(f: Any, *args: Any) -> defer.Deferred[Any]:
+    return defer.maybeDeferred(f, *args)
+
+
+class LoginPageTests(TestCase):
+    def setUp(self) -> None:
+        self.store = MemoryStore()
+        self.store.open()
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.accounts = Accounts(self.store, now=self.clock.seconds, run_blocking=run_now)
+        auth = WebAuth(store=self.store, accounts=self.accounts,
+                       sessions=Sessions(self.store, now=self.clock.seconds, idle_seconds=600),
+                       limiter=FailureLimiter(2, 600, 600), now=self.clock.seconds,
+                       title="T", new_accounts=False, ready=lambda: defer.succeed(None))
+        self.treq = StubTreq(build_root(clock=self.clock, started_at=0, title="T",
+                                        listeners=lambda: [], auth=auth))
+
+    async def post(self, path: str, **fields: str) -> Any:
+        return await self.treq.post(f"https://h.example.com{path}", data=fields,
+                                    allow_redirects=False)
+
+    async def test_store_down_is_503_then_recovers(self) -> None:
+        """With the database down login answers 503; when it is back login works."""
+        await self.accounts.create("alice", "alice password")
+        self.store.unavailable = True
+        response = await self.post("/login", username="alice", password="alice password")
+        self.assertEqual(response.code, 503)
+        self.assertIn("database is unavailable", await response.text())
+        self.store.unavailable = False
+        response = await self.post("/login", username="alice", password="alice password")
+        self.assertEqual(response.code, 303)
+
+    async def test_user_limit_independent_of_address(self) -> None:
+        """Failures against one account block that account even from a new address."""
+        await self.accounts.create("alice", "alice password")
+        for _ in range(2):
+            self.assertEqual((await self.post("/login", username="alice",
+                                              password="nope nope")).code, 401)
+        response = await self.post("/login", username="alice", password="alice password")
+        self.assertEqual(response.code, 429)
+        self.clock.advance(601)
+        response = await self.post("/login", username="alice", password="alice password")
+        self.assertEqual(response.code, 303)
+
+    async def test_garbage_form(self) -> None:
+        """Missing or non-UTF-8 fields are a failed login, not an error."""
+        await self.accounts.create("alice", "alice password")
+        response = await self.treq.post("https://h.example.com/login", data=b"username=%ff%fe",
+                                        headers={"Content-Type":
+                                                 "application/x-www-form-urlencoded"},
+                                        allow_redirects=False)
+        self.assertEqual(response.code, 401)
+
+    async def test_oversized_form(self) -> None:
+        """A form body over the limit is refused with 413."""
+        response = await self.post("/login", username="a" * 20000, password="x")
+        self.assertEqual(response.code, 413)
+
+    async def test_html_escaped(self) -> None:
+        """The user name is escaped when the form is shown again."""
+        await self.accounts.create("alice", "alice password")
+        response = await self.post("/login", username="<script>", password="x")
+        text = await response.text()
+        self.assertNotIn("<script>", text)
+        self.assertIn("&lt;script&gt;", text)
