@@ -167,6 +167,13 @@ class Settings:
                                 None)
     new_accounts: bool = _key("newAccounts",
                               "Allow visitors to create their own accounts.", False)
+    agent_core_dir: Optional[str] = _key("agentCoreDir",
+                                         "The agents/ folder of an installed MeshCentral: real "
+                                         "MeshAgents then get MeshCentral's own core from it.",
+                                         None)
+    max_devices: Optional[int] = _key("maxDevices",
+                                      "Most devices the server accepts (default: no limit).",
+                                      None, check=_positive)
     session_time: int = _key("sessionTime", "Minutes a web session stays valid when idle.", 60,
                              check=_positive)
     session_key: Optional[str] = _key("sessionKey",
@@ -190,19 +197,44 @@ class Domain:
                                     False)
 
 
+def _acme_names(value: str) -> Optional[str]:
+    """Host names an http-01 challenge can prove: no wildcards, no IPs, no spaces."""
+    for name in value.split(","):
+        name = name.strip().rstrip(".")
+        if not name:
+            return "comma-separated host names such as mesh.example.com, www.example.com"
+        if name.startswith("*"):
+            return "host names without wildcards (a wildcard needs a dns-01 challenge)"
+        if _is_ip(name) or any(c.isspace() or c in "/\\:@_" for c in name) or len(name) > 253:
+            return "comma-separated host names such as mesh.example.com, www.example.com"
+    return None
+
+
+def _acme_directory(value: str) -> Optional[str]:
+    if not value.startswith("https://"):
+        return "an https:// URL of an ACME directory"
+    return None
+
+
 @dataclass(frozen=True)
 class LetsEncrypt:
     """Automatic web certificate from an ACME server (``letsencrypt``)."""
 
     email: str = _key("email", "Contact address for the ACME account.", "")
-    names: str = _key("names", "Comma-separated host names for the certificate.", "")
+    names: str = _key("names", "Comma-separated host names for the certificate.", "",
+                      check=_acme_names)
     production: bool = _key("production",
                             "Use the production directory instead of staging.", False)
     rsa_key_size: int = _key("rsaKeySize", "RSA key size of the certificate (2048 or 3072).",
                              3072,
                              check=lambda v: None if v in (2048, 3072) else "2048 or 3072")
     directory: Optional[str] = _key("directory",
-                                    "ACME directory URL (default: Let's Encrypt's).", None)
+                                    "ACME directory URL (default: Let's Encrypt's).", None,
+                                    check=_acme_directory)
+    renew_days: int = _key("renewDays",
+                           "Renew the certificate this many days before it expires (a third of "
+                           "its lifetime instead when that is under twice this).", 30,
+                           check=lambda v: None if 1 <= v <= 365 else "1 to 365 days")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,11 @@ from twisted.web.server import Site
 import meshd
 from meshd import certs, tls
 from meshd.accounts import Accounts
+from meshd.agent import identity
+from meshd.agent.core import MeshCentralCores
+from meshd.agent.server import AgentManager, agent_resource
+from meshd.events import LocalEventBus
+from meshd.presence import LocalPresence
 from meshd.config import Config
 from meshd.mps.listener import MpsFactory
 from meshd.ratelimit import FailureLimiter
@@ -251,12 +256,58 @@ def _endpoint(reactor: Any, port: int, bind: str, context: Optional[Any]) -> ISt
     return TCP4ServerEndpoint(reactor, port, interface=bind)
 
 
-def load_certificates(config: Config, datapath: str) -> certs.ServerCertificates:
-    """Load the certificates from the data folder, creating the missing ones."""
+def store_knows_devices(config: Config, datapath: str) -> Optional[bool]:
+    """Whether the database already holds devices (None: it cannot be asked right now).
+
+    Asked before the reactor runs, so it is a short blocking look, read-only.
+    """
     settings = config.settings
+    if settings.mongodb:
+        try:
+            import pymongo
+
+            client: Any = pymongo.MongoClient(settings.mongodb, serverSelectionTimeoutMS=3000)
+            try:
+                found = client[settings.mongodb_name]["meshcentral"].find_one(
+                    {"type": "node"}, {"_id": 1})
+            finally:
+                client.close()
+            return found is not None
+        except Exception:
+            return None
+    path = os.path.join(datapath, "meshd.db")
+    if not os.path.exists(path):
+        return False
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute("SELECT 1 FROM documents WHERE json_extract(doc, '$.type') = "
+                               "'node' LIMIT 1").fetchone()
+        finally:
+            conn.close()
+        return row is not None
+    except sqlite3.Error:
+        return None
+
+
+def load_certificates(config: Config, datapath: str) -> certs.ServerCertificates:
+    """Load the certificates from the data folder, creating the missing ones.
+
+    A new agent certificate is only made for a database that knows no devices: once
+    agents are enrolled, the agent certificate is their server's identity.
+    """
+    settings = config.settings
+    agent_files = [os.path.join(datapath, f"agentserver-cert-{part}")
+                   for part in ("public.crt", "private.key")]
+    allow_new_agent = True
+    if not all(os.path.exists(path) for path in agent_files):
+        allow_new_agent = store_knows_devices(config, datapath) is False
     try:
         result = certs.load_or_create(datapath, settings.cert, mps_name=settings.mps_alias_host,
-                                      fast=settings.fast_cert)
+                                      fast=settings.fast_cert,
+                                      allow_new_agent_cert=allow_new_agent)
     except certs.CertificateError as e:
         raise StartupError(str(e)) from None
     if result.created:
@@ -319,16 +370,43 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
         else settings.new_accounts,
         ready=store_service.ready)
 
-    # HTTPS: web site, /agent.ashx, /control.ashx, /meshrelay.ashx.
-    site = Site(build_root(clock=reactor, started_at=root.started_at,
-                           title=config.default_domain.title, listeners=root.listeners,
-                           auth=auth), logFormatter=access_log_line)
-    site.displayTracebacks = False
+    # Events, presence and the agents.
+    bus = LocalEventBus()
+    presence = LocalPresence()
     web_context = None
     if not settings.tls_offload:
         web_context = tls.web_context_factory(certificates.web.cert, certificates.web.key,
                                               certificates.web.chain)
     root.web_context = web_context
+    root.bus, root.presence = bus, presence
+
+    def accepted_tls_hashes() -> frozenset[bytes]:
+        # The certificate agents see now (the proxy's with tlsOffload, the renewed one
+        # after an ACME hot swap): its full hash and, for old agents, its key hash.
+        if web_context is not None:
+            return identity.accepted_tls_hashes(web_context.certificate)
+        return frozenset({bytes.fromhex(root.web_certificate_hash)})
+
+    cores = None
+    if settings.agent_core_dir:
+        try:
+            cores = MeshCentralCores(settings.agent_core_dir)
+        except ValueError as e:
+            raise StartupError(str(e)) from None
+    agents = AgentManager(
+        store=store, presence=presence, bus=bus, clock=reactor,
+        agent_cert=certificates.agent.cert, agent_key=certificates.agent.key,
+        tls_hashes=accepted_tls_hashes, run_crypto=workers.run,
+        core_provider=(lambda info: cores.core_for(info.agent_id)) if cores else None,
+        max_devices=settings.max_devices)
+    root.agents = agents
+
+    # HTTPS: web site, /agent.ashx, /control.ashx, /meshrelay.ashx.
+    site = Site(build_root(clock=reactor, started_at=root.started_at,
+                           title=config.default_domain.title, listeners=root.listeners,
+                           auth=auth, extra={b"agent.ashx": agent_resource(agents, reactor)}),
+                logFormatter=access_log_line)
+    site.displayTracebacks = False
     ListenerService(ListenerSpec("https", "--port", settings.port, web_context is not None),
                     bind, _endpoint(reactor, settings.port, bind, web_context),
                     site).setServiceParent(root)

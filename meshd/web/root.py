@@ -111,8 +111,9 @@ class HomeResource(Resource):
 
 def build_root(*, clock: IReactorTime, started_at: float, title: str,
                listeners: Callable[[], Sequence[ListenerInfo]],
-               auth: Optional["WebAuth"] = None) -> Resource:
-    """Mount every HTTPS path in one place."""
+               auth: Optional["WebAuth"] = None,
+               extra: Optional[dict[bytes, Resource]] = None) -> Resource:
+    """Mount every HTTPS path in one place (``extra``: the WebSocket endpoints)."""
     root: Resource
     if auth is None:
         root = HomeResource(title)
@@ -129,4 +130,6 @@ def build_root(*, clock: IReactorTime, started_at: float, title: str,
         root.putChild(b"createaccount", CreateAccountResource(auth))
     root.putChild(b"health", HealthResource(clock, started_at, listeners,
                                             auth.store if auth is not None else None))
+    for path, resource in (extra or {}).items():
+        root.putChild(path, resource)
     return root
