@@ -47,6 +47,7 @@ from meshd.ratelimit import FailureLimiter
 from meshd.store import IStore, SchemaError, StoreUnavailable, open_store
 from meshd.store.expire import ExpireService
 from meshd.web import access_log_line, build_root
+from meshd.web.agentinstall import MeshSettingsResource
 from meshd.web.login import WebAuth
 from meshd.web.redirect import RedirectResource
 from meshd.web.session import Sessions
@@ -404,7 +405,11 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
     # HTTPS: web site, /agent.ashx, /control.ashx, /meshrelay.ashx.
     site = Site(build_root(clock=reactor, started_at=root.started_at,
                            title=config.default_domain.title, listeners=root.listeners,
-                           auth=auth, extra={b"agent.ashx": agent_resource(agents, reactor)}),
+                           auth=auth, extra={
+                               b"agent.ashx": agent_resource(agents, reactor),
+                               b"meshsettings": MeshSettingsResource(
+                                   store, server_id=certificates.agent.public_key_sha384,
+                                   port=settings.port, default_host=settings.cert)}),
                 logFormatter=access_log_line)
     site.displayTracebacks = False
     ListenerService(ListenerSpec("https", "--port", settings.port, web_context is not None),

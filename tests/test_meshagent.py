@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from typing import Any, Callable, Optional
 
 from cryptography import x509
@@ -25,16 +27,13 @@ from tests.server import ServerProcess, fresh_datapath
 class MeshAgentProcess:
     """The real agent in a scratch folder with a .msh for one of our groups."""
 
-    def __init__(self, server: ServerProcess, mesh_raw: bytes, server_id: str) -> None:
+    def __init__(self, msh: bytes) -> None:
         self.folder = tempfile.mkdtemp(prefix="meshagent-")
         self.binary = os.path.join(self.folder, "meshagent")
         shutil.copy(meshagent_binary(), self.binary)
         os.chmod(self.binary, 0o755)
-        with open(os.path.join(self.folder, "meshagent.msh"), "w") as f:
-            f.write(f"MeshName=interop\nMeshType=2\nMeshID={identity.mesh_id_to_msh(mesh_raw)}\n"
-                    f"ServerID={server_id}\n"
-                    f"MeshServer=wss://127.0.0.1:{server.port}/agent.ashx\n"
-                    "ignoreProxyFile=1\n")
+        with open(os.path.join(self.folder, "meshagent.msh"), "wb") as f:
+            f.write(msh + b"ignoreProxyFile=1\r\n")
         self.process: Optional[subprocess.Popen[bytes]] = None
 
     def start(self) -> None:
@@ -101,7 +100,20 @@ class RealMeshAgentTests(TestCase):
         with open(os.path.join(datapath, "agentserver-cert-public.crt"), "rb") as f:
             server_id = identity.server_id(x509.load_pem_x509_certificate(f.read()))
 
-        agent = MeshAgentProcess(server, mesh_raw, server_id)
+        # The settings file comes from the server, as an administrator would download it.
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port,
+                                           context=server.ssl_context(), timeout=10)
+        conn.request("GET", "/meshsettings?id=" + urllib.parse.quote(
+            identity.mesh_id_to_str(mesh_raw)))
+        response = conn.getresponse()
+        msh = response.read()
+        conn.close()
+        self.assertEqual(response.status, 200)
+        self.assertIn(f"ServerID={server_id}\r\n".encode(), msh)
+        self.assertIn(f"MeshID={identity.mesh_id_to_msh(mesh_raw)}\r\n".encode(), msh)
+        self.assertIn(f"MeshServer=wss://127.0.0.1:{server.port}/agent.ashx\r\n".encode(), msh)
+
+        agent = MeshAgentProcess(msh)
         self.addCleanup(agent.cleanup)
         agent.start()
 

@@ -176,7 +176,8 @@ def render_async(request: Request,
             request.setResponseCode(500)
             body = page("Error", "<p>Something went wrong on the server.</p>")
         if not request.finished and not getattr(request, "_disconnected", False):
-            request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+            if not request.responseHeaders.hasHeader(b"content-type"):
+                request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
             request.write(body)
             request.finish()
 
