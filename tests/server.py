@@ -60,11 +60,12 @@ class ServerProcess:
                      "--bind", "127.0.0.1", "--fastcert"] + (extra or [])
         os.makedirs(os.path.dirname(os.path.abspath(datapath)), exist_ok=True)
         self.log_path = datapath.rstrip("/") + ".log"
+        self.cwd = ROOT
         self.process: Optional[subprocess.Popen[bytes]] = None
 
     def start(self, timeout: float = 60) -> "ServerProcess":
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(TWISTD + self.args, cwd=ROOT, env=server_env(),
+        self.process = subprocess.Popen(TWISTD + self.args, cwd=self.cwd, env=server_env(),
                                         stdout=self._log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout

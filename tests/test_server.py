@@ -16,7 +16,8 @@ import tempfile
 from twisted.application.service import IServiceMaker
 from twisted.internet.error import CannotListenError
 from twisted.plugin import getPlugins
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial import unittest
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from meshd.service import ListenerSpec, _describe_bind_error
 from tests.server import ROOT, ServerProcess, fresh_datapath, free_port, run_twistd, shared_server
@@ -148,7 +149,7 @@ class SharedServerTests(SynchronousTestCase):
             self.assertEqual(mode, 0o600, name)
 
 
-class StartupTests(SynchronousTestCase):
+class StartupTests(TestCase):
     """Start-up, shutdown and restart of separate server processes."""
 
     def test_busy_port(self) -> None:
@@ -170,6 +171,36 @@ class StartupTests(SynchronousTestCase):
             f"meshd cannot start: cannot listen for https on 127.0.0.1:{busy}: the address is "
             f"already in use by another program; stop that program or choose another port "
             f"with --port"), lines[0])
+
+    def test_no_arguments_defaults(self) -> None:
+        """`twistd -n meshd` alone serves on 443/80/4433 with ./meshd-data and RSA-3072 keys."""
+        for port in (443, 80, 4433):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    raise unittest.SkipTest(f"port {port} is taken on this machine")
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("ports 443 and 80 need root")
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        datapath = os.path.join(directory, "meshd-data")
+        server = ServerProcess(datapath)
+        server.port, server.redirport, server.mpsport = 443, 80, 4433
+        server.args = ["-n", "--pidfile=", "meshd"]
+        server.cwd = directory
+        server.start(timeout=120)
+        self.addCleanup(server.stop)
+        self.assertTrue(os.path.isdir(datapath))
+        self.assertTrue(os.path.exists(os.path.join(datapath, "meshd.db")))
+        from cryptography import x509
+
+        with open(os.path.join(datapath, "webserver-cert-public.crt"), "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+        self.assertEqual(cert.public_key().key_size, 3072)
+        self.assertEqual(tls_connect(4433, version=ssl.TLSVersion.TLSv1_2)[0], "TLSv1.2")
+        conn = http.client.HTTPConnection("127.0.0.1", 80, timeout=10)
+        conn.request("GET", "/x")
+        self.assertEqual(conn.getresponse().status, 301)
+        conn.close()
 
     def test_bad_config(self) -> None:
         """A bad configuration file stops twistd before it starts, naming line and column."""
@@ -220,6 +251,28 @@ class StartupTests(SynchronousTestCase):
         self.assertNotIn("Traceback", result.stdout + result.stderr)
         [line] = result.stderr.strip().splitlines()
         self.assertTrue(line.startswith("meshd: ") and key in line, line)
+
+    async def test_missing_agent_certificate_with_devices(self) -> None:
+        """With devices in the database, missing agent certificate files stop the start instead
+        of silently making a new one."""
+        from twisted.internet import reactor
+
+        from meshd.store.sqlite import SQLiteStore
+
+        datapath = fresh_datapath()
+        store = SQLiteStore(datapath, reactor)
+        await store.open()
+        await store.set({"_id": "node//abc", "type": "node", "meshid": "mesh//m", "domain": ""})
+        await store.close()
+        for part in ("public.crt", "private.key"):
+            os.remove(os.path.join(datapath, f"agentserver-cert-{part}"))
+        result = run_twistd(["-n", "--pidfile=", "meshd", "--datapath", datapath,
+                             "--port", "0", "--redirport", "0", "--mpsport", "0",
+                             "--cert", "127.0.0.1"])
+        self.assertNotEqual(result.returncode, 0)
+        self.assertNotIn("Traceback", result.stdout + result.stderr)
+        self.assertIn("database already knows agents", result.stderr)
+        self.assertFalse(os.path.exists(os.path.join(datapath, "agentserver-cert-public.crt")))
 
     def test_tls_offload(self) -> None:
         """With --tlsoffload the HTTPS port speaks plain HTTP; the proxy's certificate is hashed."""
