@@ -4,20 +4,29 @@
     meshd-admin [...] resetaccount NAME [--pass P]
     meshd-admin [...] adminaccount NAME [--remove]
     meshd-admin [...] listaccounts [--json]
+    meshd-admin [...] dbexport FILE
+    meshd-admin [...] dbimport FILE [--merge] [--dry-run] [--strict] [--progress-every N]
 
 It opens the same store as the server (the SQLite file in the data folder, or
 MongoDB from the configuration) and works whether or not the server is running.
 Without ``--pass`` the password is asked for on the terminal, or read as one line
 from standard input, so it need not appear in the process list or shell history.
+
+``dbexport`` writes the whole database as JSON lines (``-`` for standard output);
+``dbimport`` reads such a file, a MeshCentral NeDB ``meshcentral.db`` or MeshCentral's
+``--dbexport`` file (formats and rules: :mod:`meshd.store.transfer`). Progress and bad
+lines go to standard error; the exit status is 1 when lines were skipped.
 """
 
 from __future__ import annotations
 
 import getpass
+import io
 import json
 import os
 import sys
-from typing import Any, Optional, Sequence, TextIO
+from datetime import datetime, timezone
+from typing import Any, BinaryIO, Optional, Sequence, TextIO
 
 from twisted.internet import defer, task
 from twisted.internet.threads import deferToThread
@@ -26,6 +35,7 @@ from twisted.python import usage
 from meshd.accounts import AccountError, Accounts
 from meshd.config import Config, ConfigError, load_config
 from meshd.store import IStore, StoreError, open_store
+from meshd.store import transfer
 
 DEFAULT_DATA_PATH = "meshd-data"
 
@@ -49,7 +59,7 @@ class _NamedOptions(usage.Options):
             args = args[1:] + ["--", args[0]]
         super().parseOptions(args)
 
-    def parseArgs(self, name: str) -> None:
+    def parseArgs(self, name: str) -> None:  # type: ignore[override]
         self["name"] = name
 
 
@@ -80,6 +90,43 @@ class ListAccountsOptions(usage.Options):
     optFlags = [["json", None, "One JSON object a line."]]
 
 
+class _FileOptions(usage.Options):
+    """``COMMAND FILE --option ...``: the file may come before the options; ``-`` is
+    standard input or output."""
+
+    def parseOptions(self, options: Optional[Sequence[str]] = None) -> None:
+        args = list(sys.argv[1:] if options is None else options)
+        if args and (args[0] == "-" or not args[0].startswith("-")):
+            args = args[1:] + ["--", args[0]]
+        super().parseOptions(args)
+
+    def parseArgs(self, file: str) -> None:  # type: ignore[override]
+        self["file"] = file
+
+
+class DbExportOptions(_FileOptions):
+    synopsis = "FILE"
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+class DbImportOptions(_FileOptions):
+    synopsis = "FILE [--merge] [--dry-run] [--strict] [--progress-every N]"
+    optFlags = [
+        ["merge", None, "Import into a store that already has accounts or devices (records "
+                        "with the same _id are replaced; this server's keys are kept)."],
+        ["dry-run", "n", "Read and check the file and report; write nothing."],
+        ["strict", None, "Write nothing if any line of the file is bad."],
+    ]
+    optParameters = [["progress-every", None, transfer.PROGRESS_EVERY,
+                      "Report progress every N records (0: never).", _count]]
+
+
 class Options(usage.Options):
     synopsis = "[--datapath D | --config F] COMMAND [options]"
     optParameters = [
@@ -92,6 +139,9 @@ class Options(usage.Options):
         ["resetaccount", None, ResetAccountOptions, "Set a new password."],
         ["adminaccount", None, AdminAccountOptions, "Make an account site administrator."],
         ["listaccounts", None, ListAccountsOptions, "List the accounts."],
+        ["dbexport", None, DbExportOptions, "Export the whole database as JSON lines."],
+        ["dbimport", None, DbImportOptions,
+         "Import a dbexport file or a MeshCentral meshcentral.db."],
     ]
 
     def postOptions(self) -> None:
@@ -113,13 +163,108 @@ def _store_for(options: Options, reactor: Any) -> IStore:
     return open_store(datapath, mongodb, reactor, mongodb_name=settings.mongodb_name)
 
 
-async def _run(reactor: Any, options: Options, out: TextIO, stdin: TextIO) -> int:
+_MAX_BAD_LINES_SHOWN = 50
+
+
+def _binary(stream: TextIO) -> BinaryIO:
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        return buffer  # type: ignore[no-any-return]
+    return io.BytesIO(stream.read().encode("utf-8"))
+
+
+def _read_import_file(path: str, stdin: TextIO, progress: transfer.Progress,
+                      every: int) -> transfer.ImportData:
+    """Blocking: the checked contents of the file to import."""
+    try:
+        if path == "-":
+            return transfer.read_import(_binary(stdin), "", progress=progress,
+                                        progress_every=every)
+        with open(path, "rb") as stream:
+            return transfer.read_import(stream, path, progress=progress, progress_every=every)
+    except OSError as e:
+        raise transfer.TransferError(f"cannot read {path}: {e.strerror or e}") from None
+    except transfer.TransferError as e:
+        name = "standard input" if path == "-" else path
+        raise transfer.TransferError(f"{name}: {e}") from None
+
+
+async def _dbimport(reactor: Any, options: Options, out: TextIO, err: TextIO,
+                    stdin: TextIO) -> int:
+    sub = options.subOptions
+    path, every = sub["file"], sub["progress-every"]
+
+    def progress(message: str) -> None:
+        err.write(f"meshd-admin: {message}\n")
+        err.flush()
+
+    def progress_from_thread(message: str) -> None:
+        reactor.callFromThread(progress, message)
+
+    store = _store_for(options, reactor)
+    # Read and check the whole file before touching the store.
+    data = await deferToThread(_read_import_file, path, stdin, progress_from_thread, every)
+    name = "standard input" if path == "-" else path
+    out.write(f"{name}: {data.describe()}\n")
+    for problem in data.bad[:_MAX_BAD_LINES_SHOWN]:
+        err.write(f"meshd-admin: {name} {problem}\n")
+    if data.bad_count > _MAX_BAD_LINES_SHOWN:
+        err.write(f"meshd-admin: ... and {data.bad_count - _MAX_BAD_LINES_SHOWN} more bad "
+                  f"lines\n")
+    for warning in data.warnings:
+        err.write(f"meshd-admin: warning: {warning}\n")
+    if data.bad_count and sub["strict"]:
+        err.write(f"meshd-admin: {data.bad_count} bad "
+                  f"{'line' if data.bad_count == 1 else 'lines'}; nothing imported (--strict)\n")
+        return 1
+    await store.open()
+    try:
+        report = await transfer.apply_import(store, data, merge=sub["merge"],
+                                             dry_run=sub["dry-run"], progress=progress,
+                                             progress_every=every)
+    finally:
+        await store.close()
+    out.write(report.summary() + "\n")
+    if data.bad_count:
+        err.write(f"meshd-admin: skipped {data.bad_count} bad "
+                  f"{'line' if data.bad_count == 1 else 'lines'}\n")
+        return 1
+    return 0
+
+
+async def _dbexport(reactor: Any, store: IStore, path: str, out: TextIO, err: TextIO) -> int:
+    data = await store.export_all()
+    exported = datetime.fromtimestamp(reactor.seconds(), timezone.utc)
+    counts = transfer.export_counts(data)
+    if path == "-":
+        buffer = getattr(out, "buffer", None)
+        if buffer is not None:  # bytes, whatever the terminal's encoding
+            out.flush()
+            transfer.write_export(data, buffer, store.backend, exported)
+            buffer.flush()
+        else:
+            for line in transfer.export_lines(data, store.backend, exported):
+                out.write(line)
+        report, name = err, "standard output"
+    else:
+        await deferToThread(transfer.write_export_file, data, path, store.backend, exported)
+        report, name = out, path
+    report.write(f"exported {transfer.describe_export(counts)} to {name}\n")
+    return 0
+
+
+async def _run(reactor: Any, options: Options, out: TextIO, stdin: TextIO,
+               err: TextIO = sys.stderr) -> int:
+    if options.subCommand == "dbimport":
+        return await _dbimport(reactor, options, out, err, stdin)
     store = _store_for(options, reactor)
     await store.open()
     try:
         accounts = Accounts(store, now=reactor.seconds,
                             run_blocking=lambda f, *a: deferToThread(f, *a))
         command, sub = options.subCommand, options.subOptions
+        if command == "dbexport":
+            return await _dbexport(reactor, store, sub["file"], out, err)
         if command == "createaccount":
             password = sub["pass"]
             if password is None:
@@ -162,7 +307,7 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout,
 
     async def run(reactor: Any) -> None:
         try:
-            result.append(await _run(reactor, options, out, stdin))
+            result.append(await _run(reactor, options, out, stdin, err))
         except (AccountError, StoreError, usage.UsageError) as e:
             err.write(f"meshd-admin: {e}\n")
             result.append(1)
