@@ -37,8 +37,9 @@ import meshd
 from meshd import certs, tls
 from meshd.accounts import Accounts
 from meshd.agent import identity
-from meshd.agent.core import MeshCentralCores
+from meshd.agent.core import CoreChooser, MeshCentralCores, python_core
 from meshd.agent.server import AgentManager, agent_resource
+from meshd.control import control_hub, control_resource
 from meshd.events import LocalEventBus
 from meshd.presence import LocalPresence
 from meshd.config import Config
@@ -388,17 +389,17 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
             return identity.accepted_tls_hashes(web_context.certificate)
         return frozenset({bytes.fromhex(root.web_certificate_hash)})
 
-    cores = None
+    meshcentral_cores = None
     if settings.agent_core_dir:
         try:
-            cores = MeshCentralCores(settings.agent_core_dir)
+            meshcentral_cores = MeshCentralCores(settings.agent_core_dir)
         except ValueError as e:
             raise StartupError(str(e)) from None
     agents = AgentManager(
         store=store, presence=presence, bus=bus, clock=reactor,
         agent_cert=certificates.agent.cert, agent_key=certificates.agent.key,
         tls_hashes=accepted_tls_hashes, run_crypto=workers.run,
-        core_provider=(lambda info: cores.core_for(info.agent_id)) if cores else None,
+        core_provider=CoreChooser(python_core(), meshcentral_cores),
         max_devices=settings.max_devices)
     root.agents = agents
 
@@ -407,6 +408,12 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
                            title=config.default_domain.title, listeners=root.listeners,
                            auth=auth, extra={
                                b"agent.ashx": agent_resource(agents, reactor),
+                               b"control.ashx": control_resource(control_hub(
+                                   settings=settings, certificates=certificates,
+                                   web_hash=lambda: root.web_certificate_hash, store=store,
+                                   bus=bus, presence=presence, agents=agents,
+                                   accounts=auth.accounts, web_sessions=sessions,
+                                   run_blocking=workers.run, clock=reactor), reactor),
                                b"meshsettings": MeshSettingsResource(
                                    store, server_id=certificates.agent.public_key_sha384,
                                    port=settings.port, default_host=settings.cert)}),

@@ -171,6 +171,8 @@ def _build_web_context(
     chain: Sequence[x509.Certificate],
 ) -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    # Free the 16 KiB read/write buffers of idle connections: thousands of quiet agents.
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(_COMMON_OPTIONS)
     ctx.set_cipher_list(":".join(WEB_TLS12_CIPHERS).encode("ascii"))
@@ -190,6 +192,8 @@ def _build_mps_context(
     chain: Sequence[x509.Certificate],
 ) -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    # Free the 16 KiB read/write buffers of idle connections: thousands of quiet agents.
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     ctx.set_min_proto_version(SSL.TLS1_VERSION)
     ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(_COMMON_OPTIONS)

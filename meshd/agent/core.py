@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import Any, Optional
 
 # Agent architecture ids (command 3 ``agentId``) and the core MeshCentral 1.1.55 gives
 # them; every other id gets "linux-noamt".
@@ -109,3 +110,33 @@ class MeshCentralCores:
         if core is None:
             core = self._built[flavour] = build_meshcentral_core(self.agents_dir, flavour)
         return core
+
+
+# Capability bit meshd's own agent sets in command 3: "runs a Python core" (MeshCentral
+# ignores unknown bits); MeshCentral's JavaScript agents set 0x10.
+CAP_JAVASCRIPT = 0x10
+CAP_PYTHON_CORE = 0x10000
+
+
+class CoreChooser:
+    """Which core an agent gets: the Python core for meshd's agent, MeshCentral's core
+    (when ``agentCoreDir`` is set) for MeshAgents, otherwise none (CoreOk only)."""
+
+    def __init__(self, python_core: Optional[Core], meshcentral: Optional[MeshCentralCores]
+                 ) -> None:
+        self.python_core = python_core
+        self.meshcentral = meshcentral
+
+    def __call__(self, info: Any) -> Optional[Core]:
+        if info.capabilities & CAP_PYTHON_CORE:
+            return self.python_core
+        if info.capabilities & CAP_JAVASCRIPT and self.meshcentral is not None:
+            return self.meshcentral.core_for(info.agent_id)
+        return None
+
+
+def python_core() -> Core:
+    """The core of meshd's Python agent (``agentsrc/core``), built reproducibly."""
+    from agentsrc.coreblob import build_core_blob
+
+    return Core.from_blob("python", build_core_blob())

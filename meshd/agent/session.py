@@ -79,16 +79,6 @@ class AgentSession:
         self._handshake = ServerHandshake(
             manager.agent_cert, manager.agent_key, manager.tls_hashes(),
             now=manager.clock.seconds, offload=True)
-        self._json_handlers: dict[str, Callable[[dict[str, Any]], None]] = {
-            "ping": self._on_ping,
-            "pong": lambda message: None,
-            "coreinfo": self._on_coreinfo,
-            "netinfo": self._on_netinfo,
-            "sysinfo": self._on_sysinfo,
-            "sessions": self._on_sessions,
-            "msg": self._on_msg,
-            "log": self._on_log,
-        }
 
     # -- transport events --------------------------------------------------------------
 
@@ -223,6 +213,8 @@ class AgentSession:
         for frame in self._handshake.confirm():
             self._send(frame)
         self._confirmed = True
+        # The handshake's state (certificates, nonces) is not needed any more.
+        self._handshake = None  # type: ignore[assignment]
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -267,11 +259,11 @@ class AgentSession:
 
     def _on_json(self, message: dict[str, Any]) -> None:
         action = message.get("action")
-        handler = self._json_handlers.get(action) if isinstance(action, str) else None
+        handler = _JSON_HANDLERS.get(action) if isinstance(action, str) else None
         if handler is None:
             return
         try:
-            handler(message)
+            handler(self, message)
         except Exception:
             self._log.failure("agent {node}: handling {action} failed", node=self.node_key,
                               action=action)
@@ -309,6 +301,22 @@ class AgentSession:
     def _on_log(self, message: dict[str, Any]) -> None:
         self._manager.agent_message(self, message)
 
+    def _ignore(self, message: dict[str, Any]) -> None:
+        pass
+
     @property
     def temporary(self) -> bool:
         return self.info is not None and bool(self.info.capabilities & CAP_TEMPORARY)
+
+
+# JSON from the agent, by action (spec §5.1); anything else is ignored.
+_JSON_HANDLERS: dict[str, Callable[[AgentSession, dict[str, Any]], None]] = {
+    "ping": AgentSession._on_ping,
+    "pong": AgentSession._ignore,
+    "coreinfo": AgentSession._on_coreinfo,
+    "netinfo": AgentSession._on_netinfo,
+    "sysinfo": AgentSession._on_sysinfo,
+    "sessions": AgentSession._on_sessions,
+    "msg": AgentSession._on_msg,
+    "log": AgentSession._on_log,
+}

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 import meshd
 
@@ -63,10 +63,24 @@ class HealthResource(Resource):
         self._listeners = listeners
         self._store = store
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> object:
         _security_headers(request)
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
+        if self._store is None or self._store.is_healthy:
+            return self._body(request)
+        # Unhealthy: ask the database once, so a recovered database shows at once.
+        d = self._store.get_setting("meshd.health")
+
+        def answer(_: object) -> None:
+            if not request.finished:
+                request.write(self._body(request))
+                request.finish()
+
+        d.addBoth(answer)
+        return NOT_DONE_YET
+
+    def _body(self, request: Request) -> bytes:
         body: dict[str, Any] = {
             "status": "ok",
             "version": meshd.__version__,
