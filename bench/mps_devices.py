@@ -1,0 +1,210 @@
+"""Connect N simulated Intel AMT CIRA devices at once to an MPS and print the figures.
+
+    python bench/mps_devices.py                 # 1000 devices, server started by this script
+    python bench/mps_devices.py -n 200 --in-process
+    python bench/mps_devices.py --port 4433 --user <16 chars> --password <pw> [--pid <server pid>]
+
+By default the server runs in a child process (this script with ``--serve``: meshd's
+``MpsServerFactory`` on a MemoryStore with one AMT-only group, real TLS on 127.0.0.1), so
+its resident memory is measured on its own.  Every device is started in the same reactor
+turn; each does TLS, PROTOCOLVERSION, auth service, USERAUTH, pfwd service and two
+forwards, then one keep-alive.  Printed: connect (TLS handshake done), auth
+(USERAUTH_SUCCESS) and ready (forwards answered) latency p50/p99/max from the moment the
+device was started, failures, wall time, and the server's RSS (VmRSS and peak VmHWM).
+
+Not run by the tests; numbers depend on the machine (see specs/mps-apf.md section 12 for
+MeshCentral measured the same way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def raise_fd_limit(wanted: int) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(wanted, soft)
+    target = max(soft, min(target, max(wanted, soft)))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    figures = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                figures[key] = int(value.split()[0])
+    return figures
+
+
+async def start_server(reactor: Any) -> tuple[Any, str, str, Any]:
+    """An MPS on 127.0.0.1:0 with one AMT-only group; returns (port, user, password, factory)."""
+    from meshd.events import LocalEventBus
+    from meshd.mps.cira import create_cira_credentials
+    from meshd.mps.protocol import MpsServerFactory
+    from meshd.presence import LocalPresence
+    from meshd.store.memory import MemoryStore
+    from tests.cira_client import server_context
+
+    store = MemoryStore()
+    await store.open()
+    mesh_id = "mesh//BenchGroupAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    await store.set({"_id": mesh_id, "type": "mesh", "name": "bench", "mtype": 1,
+                     "domain": "", "links": {}})
+    user, password = await create_cira_credentials(store, mesh_id, now=reactor.seconds)
+    factory = MpsServerFactory(store, LocalPresence(), LocalEventBus(), reactor,
+                               server_id="bench")
+    port = reactor.listenSSL(0, factory, server_context(), backlog=4096,
+                             interface="127.0.0.1")
+    return port, user, password, factory
+
+
+def serve() -> None:
+    """Child mode: run the server, print one JSON line, stop when stdin closes."""
+    from twisted.internet import defer, reactor, stdio
+    from twisted.internet.protocol import Protocol
+
+    raise_fd_limit(65536)
+
+    class StopOnEof(Protocol):
+        def connectionLost(self, reason: Any = None) -> None:
+            if reactor.running:
+                reactor.stop()
+
+    async def main() -> None:
+        port, user, password, _ = await start_server(reactor)
+        print(json.dumps({"port": port.getHost().port, "user": user, "password": password,
+                          "pid": os.getpid()}), flush=True)
+        stdio.StandardIO(StopOnEof())
+
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(main()))
+    reactor.run()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def describe(name: str, values: list[float]) -> str:
+    if not values:
+        return f"{name:8s} no samples"
+    ms = [v * 1000 for v in values]
+    return (f"{name:8s} p50 {percentile(ms, 0.50):8.1f} ms   p99 {percentile(ms, 0.99):8.1f} ms"
+            f"   max {max(ms):8.1f} ms")
+
+
+async def run_devices(reactor: Any, host: str, port: int, user: str, password: str,
+                      count: int) -> dict[str, Any]:
+    from twisted.internet import defer
+
+    from tests.cira_client import CiraDevice, client_context, connect_device
+
+    context = client_context(verify=False)
+    devices = [CiraDevice(user, password.encode(), uuid.uuid4()) for _ in range(count)]
+    started = time.perf_counter()
+    for device in devices:
+        device.times["start"] = time.perf_counter()
+        connect_device(reactor, host, port, device, context)
+    results = await defer.DeferredList([d.ready for d in devices], consumeErrors=True)
+    ready_wall = time.perf_counter() - started
+    ok = [device for device, (success, _) in zip(devices, results) if success]
+    failures: dict[str, int] = {}
+    for success, value in results:
+        if not success:
+            key = type(value.value).__name__
+            failures[key] = failures.get(key, 0) + 1
+    alive = await defer.DeferredList([d.keepalive(1) for d in ok], consumeErrors=True)
+    return {
+        "devices": devices, "ok": ok, "failures": failures, "wall": ready_wall,
+        "keepalives": sum(1 for success, _ in alive if success),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-n", "--devices", type=int, default=1000)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int,
+                        help="an MPS already running (needs --user, --password)")
+    parser.add_argument("--user")
+    parser.add_argument("--password")
+    parser.add_argument("--pid", type=int, help="server process id, for its RSS")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the server in this process (RSS then includes the clients)")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve()
+        return
+
+    from twisted.internet import defer, reactor
+
+    raise_fd_limit(args.devices * 2 + 256)
+    child: Optional[subprocess.Popen[str]] = None
+    outcome: dict[str, Any] = {}
+
+    async def bench() -> None:
+        nonlocal child
+        host, port, user, password, pid = args.host, args.port, args.user, args.password, args.pid
+        factory = None
+        if port is None and args.in_process:
+            listening, user, password, factory = await start_server(reactor)
+            port, pid = listening.getHost().port, os.getpid()
+        elif port is None:
+            child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert child.stdout is not None
+            info = json.loads(child.stdout.readline())
+            port, user, password, pid = info["port"], info["user"], info["password"], info["pid"]
+        elif not (user and password):
+            parser.error("--port needs --user and --password")
+        before = rss_kib(pid) if pid else {}
+        result = await run_devices(reactor, host, port, user, password, args.devices)
+        after = rss_kib(pid) if pid else {}
+        devices = result["devices"]
+        ok = result["ok"]
+        print(f"devices  {len(ok)}/{len(devices)} ready in {result['wall']:.2f} s wall, "
+              f"{result['keepalives']} keep-alives answered, failures {result['failures'] or 0}")
+        for name, key in (("connect", "tls"), ("auth", "auth"), ("ready", "ready")):
+            print(describe(name, [d.times[key] - d.times["start"] for d in ok
+                                  if key in d.times]))
+        if after:
+            print(f"server   RSS {after['VmRSS'] / 1024:.1f} MiB with {len(ok)} devices "
+                  f"(peak {after['VmHWM'] / 1024:.1f} MiB; {before.get('VmRSS', 0) / 1024:.1f}"
+                  f" MiB before)")
+        if factory is not None:
+            print(f"server   stats {json.dumps(factory.stats_dict())}")
+        for device in devices:
+            device.close()
+        await defer.DeferredList([d.closed for d in devices], consumeErrors=True)
+        outcome["ok"] = len(ok) == len(devices)
+
+    def done(result: Any) -> None:
+        if child is not None:
+            assert child.stdin is not None
+            child.stdin.close()
+            child.wait(10)
+        if isinstance(result, Exception) or hasattr(result, "getTraceback"):
+            print(result.getTraceback() if hasattr(result, "getTraceback") else result)
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(bench()).addBoth(done))
+    reactor.run()
+    sys.exit(0 if outcome.get("ok") else 1)
+
+
+if __name__ == "__main__":
+    main()
