@@ -1,0 +1,63 @@
+"""The dispatch table of ``/control.ashx``: JSON ``action`` → handler.
+
+Every handler takes a :class:`~meshd.control.session.Call` (the command, the caller
+re-read from the store, reply helpers), checks the caller's rights itself and answers
+with MeshCentral's shapes and texts.  ``ping``, ``pong`` and ``close`` are handled by
+the session before this table.  An action missing here is ignored, as MeshCentral
+ignores unknown actions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from meshd.control.actions import devices, events, groups, usergroups, users
+
+ACTIONS: dict[str, Callable[[Any], Any]] = {
+    # users, sessions, login tokens
+    "users": users.users,
+    "adduser": users.adduser,
+    "edituser": users.edituser,
+    "deleteuser": users.deleteuser,
+    "wssessioncount": users.wssessioncount,
+    "userbroadcast": users.userbroadcast,
+    "authcookie": users.authcookie,
+    "createLoginToken": users.create_login_token,
+    "loginTokens": users.login_tokens,
+    # device groups
+    "meshes": groups.meshes,
+    "createmesh": groups.createmesh,
+    "deletemesh": groups.deletemesh,
+    "editmesh": groups.editmesh,
+    "addmeshuser": groups.addmeshuser,
+    "removemeshuser": groups.removemeshuser,
+    "createInviteLink": groups.create_invite_link,
+    # devices
+    "nodes": devices.nodes,
+    "addlocaldevice": devices.addlocaldevice,
+    "addamtdevice": devices.addamtdevice,
+    "changeDeviceMesh": devices.change_device_mesh,
+    "changedevice": devices.changedevice,
+    "removedevices": devices.removedevices,
+    "adddeviceuser": devices.adddeviceuser,
+    "getsysinfo": devices.getsysinfo,
+    "getnetworkinfo": devices.getnetworkinfo,
+    "lastconnect": devices.lastconnect,
+    "runcommands": devices.runcommands,
+    "msg": devices.msg,
+    "toast": devices.toast,
+    "poweraction": devices.poweraction,
+    "wakedevices": devices.wakedevices,
+    "webrelay": devices.webrelay,
+    "deviceShares": devices.device_shares,
+    "removeDeviceShare": devices.remove_device_share,
+    "inviteAgent": devices.invite_agent,
+    # user groups
+    "usergroups": usergroups.usergroups,
+    "createusergroup": usergroups.createusergroup,
+    "deleteusergroup": usergroups.deleteusergroup,
+    "addusertousergroup": usergroups.addusertousergroup,
+    "removeuserfromusergroup": usergroups.removeuserfromusergroup,
+    # events
+    "events": events.events,
+}

@@ -1,0 +1,106 @@
+"""Checks and look-ups shared by the action handlers."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional, TypeGuard
+
+from meshd.control.rights import Access
+from meshd.store.interface import Document, IStore
+
+DOMAIN = ""  # only the default domain is served for now
+
+
+def valid_str(value: Any, low: int, high: int) -> TypeGuard[str]:
+    return isinstance(value, str) and low <= len(value) <= high
+
+
+def valid_int(value: Any, low: Optional[int] = None, high: Optional[int] = None
+              ) -> TypeGuard[int]:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return False
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+def valid_str_list(value: Any, low: int, high: int, max_items: int = 1000
+                   ) -> TypeGuard[list[str]]:
+    return (isinstance(value, list) and 0 < len(value) <= max_items
+            and all(valid_str(v, low, high) for v in value))
+
+
+def full_id(kind: str, value: str) -> str:
+    """``bob`` → ``user//bob``; ids that already have a ``/`` are kept."""
+    return value if "/" in value else f"{kind}/{DOMAIN}/{value}"
+
+
+def in_domain(identifier: str, kind: Optional[str] = None) -> bool:
+    parts = identifier.split("/")
+    return len(parts) == 3 and parts[1] == DOMAIN and (kind is None or parts[0] == kind) \
+        and parts[2] != ""
+
+
+def short_id(identifier: str) -> str:
+    return identifier.split("/")[-1]
+
+
+_EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[^@\s<>(),;:\"\[\]\\]+\.[^@\s<>(),;:\"\[\]\\]+$")
+
+
+def valid_email(value: Any) -> bool:
+    return valid_str(value, 1, 1024) and bool(_EMAIL.match(value))
+
+
+async def visible_meshes(store: IStore, access: Access) -> list[Document]:
+    """Device groups the user is linked to (directly or by a user group), not deleted."""
+    ids = access.linked_ids("mesh/")
+    meshes = await store.get_many(ids) if ids else []
+    return [m for m in meshes if m.get("type") == "mesh" and not m.get("deleted")]
+
+
+async def mesh_by_name(store: IStore, access: Access, name: str
+                       ) -> tuple[Optional[str], Optional[str]]:
+    """(meshid, error): only agent groups (mtype 2) the user sees are found by name."""
+    found = [m["_id"] for m in await visible_meshes(store, access)
+             if m.get("mtype") == 2 and m.get("name") == name]
+    if len(found) > 1:
+        return None, "Duplicate device groups found"
+    return (found[0], None) if found else (None, None)
+
+
+async def get_mesh(store: IStore, mesh_id: str) -> Optional[Document]:
+    mesh = await store.get(mesh_id)
+    if mesh is None or mesh.get("type") != "mesh":
+        return None
+    return mesh
+
+
+async def get_node(store: IStore, node_id: str) -> Optional[Document]:
+    node = await store.get(node_id)
+    if node is None or node.get("type") != "node":
+        return None
+    return node
+
+
+async def node_with_rights(store: IStore, access: Access, node_id: Any
+                           ) -> tuple[Optional[Document], Optional[Document], int]:
+    """(node, its group, the user's rights on it); (None, None, 0) when not visible."""
+    if not valid_str(node_id, 1, 1024):
+        return None, None, 0
+    node_id = full_id("node", node_id)
+    if not in_domain(node_id, "node"):
+        return None, None, 0
+    node = await get_node(store, node_id)
+    if node is None:
+        return None, None, 0
+    mesh = await get_mesh(store, node.get("meshid", "")) if node.get("meshid") else None
+    rights = access.node_rights(node, mesh)
+    visible = rights != 0 or node_id in access.linked_ids("node/") or (
+        mesh is not None and not mesh.get("deleted")
+        and mesh["_id"] in access.linked_ids("mesh/"))
+    if not visible:
+        return None, None, 0
+    return node, mesh, rights
+
+
+def users_in(links: Any) -> list[str]:
+    return [key for key in links if key.startswith("user/")] if isinstance(links, dict) else []

@@ -1,0 +1,816 @@
+"""Devices: listing, agentless devices, moves, edits, removal, and requests to agents
+(spec control-protocol §7.4, §10.3).
+
+A device is ``{type:"node", _id:"node//<64 chars>", meshid, mtype, icon, name, host,
+domain, agent?:{id, caps}, intelamt?:{user, pass, tls}, links?:{<userid>:{rights}}}``;
+``conn``/``pwr``/``agct`` are never stored: they come from presence when listing.
+
+Requests for an agent (``runcommands``, routed ``msg``, ``toast``, ``poweraction``) are
+sent through the agent manager with this session's id; the agent's answer comes back on
+the event bus (``"agent:"+nodeid``) and only to the session that asked.  Unlike
+MeshCentral 1.1.55, moving a device between groups of different types answers an
+error instead of nothing (§12.4), and an unknown or hidden device is "Device not found"
+rather than a hint that it exists.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from meshd.agent.identity import encode_id
+from meshd.control.actions._util import (
+    DOMAIN,
+    full_id,
+    get_mesh,
+    in_domain,
+    mesh_by_name,
+    node_with_rights,
+    valid_int,
+    valid_str,
+    valid_str_list,
+    visible_meshes,
+)
+from meshd.control.hub import mesh_targets, node_targets
+from meshd.control.rights import (
+    GROUP_ONLY_RIGHTS,
+    MESHRIGHT_ADMIN,
+    MESHRIGHT_AGENTCONSOLE,
+    MESHRIGHT_CHATNOTIFY,
+    MESHRIGHT_DESKLIMITEDINPUT,
+    MESHRIGHT_DEVICEDETAILS,
+    MESHRIGHT_EDITMESH,
+    MESHRIGHT_GUESTSHARING,
+    MESHRIGHT_MANAGECOMPUTERS,
+    MESHRIGHT_MANAGEUSERS,
+    MESHRIGHT_REMOTECOMMAND,
+    MESHRIGHT_REMOTECONTROL,
+    MESHRIGHT_REMOTEVIEWONLY,
+    MESHRIGHT_RESETOFF,
+    MESHRIGHT_UNINSTALL,
+    MESHRIGHT_WAKEDEVICE,
+)
+from meshd.control.session import Call
+from meshd.control.views import safe_node, safe_user
+from meshd.presence import CONN_AGENT
+from meshd.store.interface import Document
+
+LOCAL_DEVICE_TYPES = (4, 6, 29)  # Windows, Linux, macOS
+WINDOWS_AGENT_IDS = range(1, 5)
+
+
+def _tag(call: Call) -> dict[str, Any]:
+    return {"tag": call.command["tag"]} if "tag" in call.command else {}
+
+
+def _live(call: Call, node: Document) -> Document:
+    """The device as a client sees it: no secrets, live connectivity added."""
+    view = safe_node(node)
+    presence = call.hub.presence
+    conn = presence.state(node["_id"])
+    if conn:
+        view["conn"] = conn
+        view["pwr"] = 1
+        agent = presence.get(node["_id"], CONN_AGENT)
+        if agent is not None:
+            view["agct"] = int(agent.since * 1000)
+    return view
+
+
+async def _name_links(call: Call, nodes: list[Document]) -> None:
+    """Give each device link a display name (the user's real name, else name)."""
+    wanted = {key for node in nodes if isinstance(node.get("links"), dict)
+              for key, link in node["links"].items()
+              if key.startswith("user/") and isinstance(link, dict) and not link.get("name")}
+    if not wanted:
+        return
+    names = {u["_id"]: u.get("realname") or u.get("name")
+             for u in await call.store.get_many(sorted(wanted))}
+    for node in nodes:
+        for key, link in (node.get("links") or {}).items():
+            if isinstance(link, dict) and not link.get("name") and names.get(key):
+                link["name"] = names[key]
+
+
+async def nodes(call: Call) -> None:
+    """``{meshid? | meshname?, id?}`` → ``{action:"nodes", responseid, nodes:{meshid:[node…]},
+    tag}``; without a group: every visible group plus devices linked directly."""
+    cmd = call.command
+    access = await call.access()
+    mesh_id = cmd.get("meshid")
+    error = None
+    if mesh_id is None and isinstance(cmd.get("meshname"), str):
+        mesh_id, error = await mesh_by_name(call.store, access, cmd["meshname"])
+        if mesh_id is None and error is None:
+            error = "Invalid group id"
+    extra_nodes: list[str] = []
+    mesh_ids: list[str] = []
+    if error is None:
+        if mesh_id is None:
+            mesh_ids = [m["_id"] for m in await visible_meshes(call.store, access)]
+            extra_nodes = access.linked_ids("node/")
+        elif not valid_str(mesh_id, 0, 128):
+            error = "Invalid group id"
+        else:
+            mesh_id = full_id("mesh", mesh_id)
+            mesh = await get_mesh(call.store, mesh_id)
+            if mesh is None or mesh.get("deleted") or \
+                    mesh_id not in access.linked_ids("mesh/"):
+                error = "Invalid group id"
+            mesh_ids = [mesh_id]
+    if error is not None:
+        if call.responseid is not None:
+            call.respond(result=error)
+        return
+    found = await call.store.find_nodes_by_mesh(mesh_ids, DOMAIN) if mesh_ids else []
+    seen = {n["_id"] for n in found}
+    if extra_nodes:
+        found += [n for n in await call.store.get_many([i for i in extra_nodes if i not in seen])
+                  if n.get("type") == "node"]
+    only = cmd.get("id") if isinstance(cmd.get("id"), str) else None
+    if only is not None:
+        only = full_id("node", only)
+        found = [n for n in found if n["_id"] == only]
+    order = {mid: index for index, mid in enumerate(mesh_ids)}
+    found.sort(key=lambda n: (order.get(n.get("meshid", ""), len(order)),
+                              str(n.get("name", "")).lower(), n["_id"]))
+    grouped: dict[str, list[Document]] = {}
+    views = [_live(call, node) for node in found]
+    await _name_links(call, views)
+    for view in views:
+        grouped.setdefault(view.pop("meshid", ""), []).append(view)
+    call.respond(nodes=grouped, **_tag(call))
+
+
+def _new_device_checks(call: Call) -> Optional[str]:
+    cmd = call.command
+    if not valid_str(cmd.get("meshid"), 8, 134):
+        return "Invalid device group id"
+    if not valid_str(cmd.get("devicename"), 1, 256):
+        return "Invalid devicename"
+    if not valid_str(cmd.get("hostname"), 1, 256):
+        return "Invalid hostname"
+    return None
+
+
+async def _group_for_new_device(call: Call, mtype: int, wrong_type: str
+                                ) -> tuple[Optional[Document], Optional[str]]:
+    access = await call.access()
+    mesh_id = full_id("mesh", call.command["meshid"])
+    mesh = await get_mesh(call.store, mesh_id)
+    if mesh is None or mesh.get("deleted") or mesh_id not in access.linked_ids("mesh/"):
+        return None, "Unknown device group"
+    if mesh.get("mtype") != mtype:
+        return None, wrong_type
+    if not access.mesh_rights(mesh) & MESHRIGHT_MANAGECOMPUTERS:
+        return None, "Permission denied"
+    if not in_domain(mesh_id, "mesh"):
+        return None, "Invalid domain"
+    return mesh, None
+
+
+def _device_error(call: Call, error: str) -> None:
+    # MeshCentral reports these errors under another action name (spec §12.3); meshctrl
+    # and the web app expect it there.
+    if call.responseid is not None:
+        call.send({"action": "changeDeviceMesh", "responseid": call.responseid,
+                   "result": error})
+
+
+def _announce_new_device(call: Call, node: Document, mesh: Document) -> None:
+    call.publish(mesh_targets(mesh, [node["_id"]]), {
+        "etype": "node", **call.actor(), "action": "addnode", "node": safe_node(node),
+        "msgid": 84, "msgArgs": [node["name"], mesh.get("name")],
+        "msg": f"Added device {node['name']} to device group {mesh.get('name')}"})
+
+
+async def addlocaldevice(call: Call) -> None:
+    """``{meshid, devicename, hostname, type: 4|6|29}`` → ``result:"ok"``."""
+    cmd = call.command
+    error = _new_device_checks(call)
+    if error is None and (not valid_int(cmd.get("type")) or cmd["type"] not in LOCAL_DEVICE_TYPES):
+        error = "Invalid type"
+    mesh = None
+    if error is None:
+        mesh, error = await _group_for_new_device(call, 3,
+                                                  "Local device agentless mesh only allowed")
+    if error is not None or mesh is None:
+        return _device_error(call, error or "Unknown device group")
+    node: Document = {"type": "node", "_id": f"node/{DOMAIN}/{encode_id(call.hub.random(48))}",
+                      "meshid": mesh["_id"], "mtype": 3, "icon": 1, "name": cmd["devicename"],
+                      "host": cmd["hostname"], "domain": DOMAIN,
+                      "agent": {"id": cmd["type"], "caps": 0}}
+    await call.store.set(node)
+    _announce_new_device(call, node, mesh)
+    call.result("ok")
+
+
+async def addamtdevice(call: Call) -> None:
+    """``{meshid, devicename, hostname, amtusername, amtpassword, amttls: 0|1}`` → ``ok``."""
+    cmd = call.command
+    error = _new_device_checks(call)
+    tls = cmd.get("amttls")
+    if tls in ("0", "1"):
+        tls = int(tls)
+    if error is None:
+        if not valid_str(cmd.get("amtusername", ""), 0, 16):
+            error = "Invalid amtusername"
+        elif not valid_str(cmd.get("amtpassword", ""), 0, 16):
+            error = "Invalid amtpassword"
+        elif tls not in (0, 1) or isinstance(tls, bool):
+            error = "Invalid amttls"
+    mesh = None
+    if error is None:
+        mesh, error = await _group_for_new_device(call, 1,
+                                                  "Intel AMT agentless mesh only allowed")
+    if error is not None or mesh is None:
+        return _device_error(call, error or "Unknown device group")
+    amt: dict[str, Any] = {"user": cmd.get("amtusername", ""), "pass": cmd.get("amtpassword", ""),
+                           "tls": tls}
+    if valid_int(cmd.get("state"), 0, 3):
+        amt["state"] = cmd["state"]
+    for field, high in (("ver", 16), ("hash", 256), ("realm", 256)):
+        if valid_str(cmd.get(field), 1, high):
+            amt[field] = cmd[field]
+    node: Document = {"type": "node", "_id": f"node/{DOMAIN}/{encode_id(call.hub.random(48))}",
+                      "meshid": mesh["_id"], "mtype": 1, "icon": 1, "name": cmd["devicename"],
+                      "host": cmd["hostname"], "domain": DOMAIN, "intelamt": amt}
+    await call.store.set(node)
+    _announce_new_device(call, node, mesh)
+    call.result("ok")
+
+
+async def change_device_mesh(call: Call) -> None:
+    """``{nodeids:[…], meshid | meshname}`` → one ``result`` per device: ``ok``,
+    ``Device not found``, ``Device already in correct group``, ``Permission denied``,
+    ``Device groups are of different types``."""
+    cmd = call.command
+    access = await call.access()
+    mesh_id = cmd.get("meshid")
+    error = None
+    if mesh_id is None and isinstance(cmd.get("meshname"), str):
+        mesh_id, error = await mesh_by_name(call.store, access, cmd["meshname"])
+    target: Optional[Document] = None
+    if error is None:
+        if not valid_str_list(cmd.get("nodeids"), 1, 256):
+            error = "Invalid nodeids"
+        elif not valid_str(mesh_id, 8, 134):
+            error = "Invalid groupid"
+        else:
+            mesh_id = full_id("mesh", mesh_id)
+            target = await get_mesh(call.store, mesh_id)
+            if target is None or target.get("deleted") or \
+                    mesh_id not in access.linked_ids("mesh/"):
+                error = "Unknown device group"
+            elif not access.mesh_rights(target) & MESHRIGHT_MANAGECOMPUTERS:
+                error = "Permission denied"
+            elif not in_domain(mesh_id, "mesh"):
+                error = "Invalid domain"
+    if error is not None or target is None:
+        return call.result(error or "Unknown device group")
+    for raw_id in cmd["nodeids"]:
+        node, source, rights = await node_with_rights(call.store, access, raw_id)
+        if node is None:
+            call.result("Device not found")
+            continue
+        if node.get("meshid") == target["_id"]:
+            call.result("Device already in correct group")
+            continue
+        if source is None or source.get("mtype") != target.get("mtype"):
+            call.result("Device groups are of different types")
+            continue
+        if not rights & MESHRIGHT_EDITMESH or not access.mesh_rights(target) & MESHRIGHT_EDITMESH:
+            call.result("Permission denied")
+            continue
+        old_mesh_id = node["meshid"]
+        node["meshid"] = target["_id"]
+        await call.store.set(node)
+        last = await call.store.get("lc" + node["_id"])
+        if last is not None and last.get("meshid") != target["_id"]:
+            last["meshid"] = target["_id"]
+            await call.store.set(last)
+        agent = call.hub.presence.get(node["_id"], CONN_AGENT)
+        if agent is not None and hasattr(agent.handle, "mesh_key"):
+            agent.handle.mesh_key = target["_id"]  # its later events name the new group
+        call.publish(mesh_targets(target, [old_mesh_id, node["_id"]]), {
+            "etype": "node", **call.actor(), "action": "nodemeshchange", "nodeid": node["_id"],
+            "node": _live(call, node), "oldMeshId": old_mesh_id, "newMeshId": target["_id"],
+            "msgid": 85, "msgArgs": [node.get("name"), target.get("name")],
+            "msg": f"Moved device {node.get('name')} to group {target.get('name')}"})
+        call.result("ok")
+
+
+async def changedevice(call: Call) -> None:
+    """``{nodeid, name?, desc?, icon?, host?, tags?, consent?, …port?}`` → ``result:"ok"``."""
+    cmd = call.command
+    node_id = cmd.get("nodeid")
+    if not valid_str(node_id, 1, 1024) or not in_domain(full_id("node", node_id), "node"):
+        return call.result("Invalid nodeid")
+    access = await call.access()
+    node, mesh, rights = await node_with_rights(call.store, access, node_id)
+    if node is None or not rights & MESHRIGHT_MANAGECOMPUTERS:
+        return call.result("Access Denied")
+    changes: list[str] = []
+    if valid_int(cmd.get("icon"), 0, 50) and cmd["icon"] != node.get("icon"):
+        node["icon"] = cmd["icon"]
+        changes.append("icon")
+    if valid_str(cmd.get("name"), 1, 256) and cmd["name"] != node.get("name"):
+        node["name"] = cmd["name"]
+        changes.append("name")
+    if valid_str(cmd.get("host"), 0, 256) and cmd["host"] != node.get("host"):
+        node["host"] = cmd["host"]
+        changes.append("host")
+    if valid_int(cmd.get("consent"), 0, 0xFFFFFFFF):
+        old = node.get("consent")
+        if cmd["consent"] == 0:
+            node.pop("consent", None)
+        else:
+            node["consent"] = cmd["consent"]
+        if old != node.get("consent"):
+            changes.append("consent")
+    for field, default in (("rdpport", 3389), ("rfbport", 5900), ("sshport", 22),
+                           ("httpport", 80), ("httpsport", 443)):
+        if valid_int(cmd.get(field), 1, 65535):
+            if cmd[field] == default and field in node:
+                del node[field]
+            else:
+                node[field] = cmd[field]
+            changes.append(field)
+    if valid_str(cmd.get("desc"), 0, 1024) and cmd["desc"] != node.get("desc"):
+        node["desc"] = cmd["desc"]
+        changes.append("description")
+    tags = cmd.get("tags")
+    if tags == "" and "tags" in node:
+        del node["tags"]
+        changes.append("tags")
+    elif tags:
+        if isinstance(tags, str) and len(tags) <= 4096:
+            tags = tags.split(",")
+        if isinstance(tags, list):
+            cleaned = sorted({t.strip() for t in tags
+                              if isinstance(t, str) and 0 < len(t.strip()) < 64})
+            if cleaned != node.get("tags"):
+                node["tags"] = cleaned
+                changes.append("tags")
+    if changes:
+        await call.store.set(node)
+        group = mesh.get("name") if mesh else ""
+        call.publish(node_targets(node, mesh, [call.user_id]), {
+            "etype": "node", **call.actor(), "action": "changenode", "nodeid": node["_id"],
+            "msg": f"Changed device {node.get('name')} from group {group}: "
+                   + ", ".join(changes),
+            "node": _live(call, node), "msgid": 140,
+            "msgArgs": [node.get("name"), group, ", ".join(changes)]})
+    call.result("ok")
+
+
+async def removedevices(call: Call) -> None:
+    """``{nodeids:[…]}`` → one ``result`` per device: ``ok`` or ``Denied``."""
+    cmd = call.command
+    if not valid_str_list(cmd.get("nodeids"), 1, 1024):
+        return call.result("Invalid nodeid")
+    access = await call.access()
+    for raw_id in cmd["nodeids"]:
+        node_id = full_id("node", raw_id)
+        if not in_domain(node_id, "node"):
+            call.result("Invalid domain")
+            continue
+        node, mesh, rights = await node_with_rights(call.store, access, node_id)
+        if node is None or not rights & MESHRIGHT_UNINSTALL:
+            call.result("Denied")
+            continue
+        links = node.get("links") if isinstance(node.get("links"), dict) else {}
+        for member_id in list(links):
+            member = await call.store.get(member_id)
+            if member is None or not isinstance(member.get("links"), dict) \
+                    or node_id not in member["links"]:
+                continue
+            del member["links"][node_id]
+            await call.store.set(member)
+            if member_id.startswith("user/"):
+                call.hub.resubscribe(member_id)
+                call.publish(["*", "server-users", member_id], {
+                    "etype": "user", **call.actor(), "account": safe_user(member),
+                    "action": "accountchange", "nolog": 1})
+        # The event first: once the device is gone, it would reach nobody.
+        call.publish(node_targets(node, mesh), {
+            "etype": "node", **call.actor(), "action": "removenode", "nodeid": node_id,
+            "msgid": 87, "msgArgs": [node.get("name"), mesh.get("name") if mesh else ""],
+            "msg": f"Removed device {node.get('name')} from device group "
+                   f"{mesh.get('name') if mesh else ''}"})
+        await call.store.remove_many([prefix + node_id for prefix in (
+            "", "if", "nt", "lc", "si", "al", "ra", "da", "pmt_")])
+        await call.store.remove_node_events(node_id, DOMAIN)
+        await call.store.remove_node_power_events(node_id)
+        agent = call.hub.presence.get(node_id, CONN_AGENT)
+        if agent is not None and hasattr(agent.handle, "close"):
+            agent.handle.close()
+        call.result("ok")
+
+
+async def adddeviceuser(call: Call) -> None:
+    """``{nodeid, usernames|userids|userid, rights, remove?}`` → ``result:"ok"``."""
+    cmd = call.command
+    if isinstance(cmd.get("userid"), str):
+        cmd["userids"] = [cmd["userid"]]
+    node_id = cmd.get("nodeid")
+    if not valid_str(node_id, 1, 1024):
+        return call.result("Invalid nodeid")
+    if not valid_int(cmd.get("rights"), 0, MESHRIGHT_ADMIN) or cmd["rights"] & GROUP_ONLY_RIGHTS:
+        return call.result("Invalid rights")
+    if not valid_str_list(cmd.get("usernames"), 1, 128) and \
+            not valid_str_list(cmd.get("userids"), 1, 128):
+        return call.result("Invalid usernames")
+    node_id = full_id("node", node_id)
+    if not in_domain(node_id, "node"):
+        return call.result("Invalid domain")
+    access = await call.access()
+    node, mesh, rights = await node_with_rights(call.store, access, node_id)
+    if node is None:
+        return call.result("Invalid nodeid")  # MeshCentral: no answer
+    if not rights & MESHRIGHT_MANAGEUSERS:
+        return call.result("Permission denied")  # MeshCentral: no answer
+    granted: int = cmd["rights"]
+    if rights != MESHRIGHT_ADMIN:
+        granted &= rights  # nobody grants rights they do not hold
+    if valid_str_list(cmd.get("userids"), 1, 128):
+        member_ids = [full_id("user", uid) for uid in cmd["userids"]]
+    else:
+        member_ids = []
+        for name in cmd["usernames"]:
+            for candidate in (f"user/{DOMAIN}/{name.lower()}", f"user/{DOMAIN}/{name}"):
+                if await call.store.get(candidate) is not None:
+                    member_ids.append(candidate)
+                    break
+    remove = cmd.get("remove") is True
+    targets = ["*", node.get("meshid", ""), node_id]
+    node_changed = False
+    for member_id in member_ids:
+        if not in_domain(member_id) or not member_id.startswith(("user/", "ugrp/")):
+            continue
+        member = await call.store.get(member_id)
+        if member is None:
+            continue
+        targets.append(member_id)
+        member_links = member.setdefault("links", {})
+        node_links = node.setdefault("links", {})
+        if remove:
+            member_links.pop(node_id, None)
+            node_links.pop(member_id, None)
+            if not member_links:
+                del member["links"]
+            if not node_links:
+                del node["links"]
+        else:
+            member_links[node_id] = {"rights": granted}
+            node_links[member_id] = {"rights": granted}
+        node_changed = True
+        await call.store.set(member)
+        name = member.get("name")
+        if member_id.startswith("user/"):
+            call.hub.resubscribe(member_id)
+            msgid, verb = (81, "Removed") if remove or granted == 0 else (82, "Changed")
+            call.publish(["*", "server-users", member_id], {
+                "etype": "user", **call.actor(), "action": "accountchange", "msgid": msgid,
+                "msgArgs": [name], "msg": f"{verb} user device rights for {name}",
+                "account": safe_user(member), "nodeListChange": member_id})
+        else:
+            call.publish(["*", "server-ugroups", member_id], {
+                "etype": "ugrp", "username": call.user.get("name"), "ugrpid": member_id,
+                "name": name, "action": "usergroupchange", "links": member.get("links", {}),
+                "msgid": 79, "msgArgs": [name], "msg": f"User group changed: {name}"})
+    if node_changed:
+        await call.store.set(node)
+        msgid, verb = (81, "Removed") if remove or granted == 0 else (82, "Changed")
+        call.publish(targets, {
+            "etype": "node", **call.actor(), "action": "changenode", "nodeid": node_id,
+            "msgid": msgid, "msgArgs": [node.get("name")],
+            "msg": f"{verb} user device rights for {node.get('name')}",
+            "node": _live(call, node)})
+    call.result("ok")
+
+
+# -- device details ------------------------------------------------------------------------
+
+async def _details_node(call: Call) -> tuple[Optional[Document], int]:
+    access = await call.access()
+    node, _mesh, rights = await node_with_rights(call.store, access, call.command.get("nodeid"))
+    return node, rights
+
+
+async def getsysinfo(call: Call) -> None:
+    """``{nodeid, nodeinfo?}`` → the stored system information (or ``noinfo``)."""
+    node, rights = await _details_node(call)
+    node_id = call.command.get("nodeid")
+    if node is None or not rights & MESHRIGHT_DEVICEDETAILS:
+        return call.send({"action": "getsysinfo", "nodeid": node_id, **_tag(call),
+                          "noinfo": True, "result": "Invalid device id"})
+    record = await call.store.get("si" + node["_id"])
+    if record is None:
+        return call.send({"action": "getsysinfo", "nodeid": node["_id"], **_tag(call),
+                          "noinfo": True, "result": "Invalid device id"})
+    reply: dict[str, Any] = {k: v for k, v in record.items()
+                             if k not in ("_id", "type", "domain", "data", "nodeid")}
+    if isinstance(record.get("data"), dict):  # meshd's agent manager nests the agent's data
+        reply.update({k: v for k, v in record["data"].items() if k not in ("_id", "type")})
+    if rights != MESHRIGHT_ADMIN:
+        volumes = reply.get("hardware", {}).get("windows", {}).get("volumes") if isinstance(
+            reply.get("hardware"), dict) and isinstance(reply["hardware"].get("windows"),
+                                                        dict) else None
+        if isinstance(volumes, dict):
+            for volume in volumes.values():
+                if isinstance(volume, dict):
+                    volume.pop("recoveryPassword", None)
+    reply.update({"action": "getsysinfo", "nodeid": node["_id"], **_tag(call)})
+    if call.command.get("nodeinfo") is True:
+        reply["node"] = _live(call, node)
+        reply["rights"] = rights
+    call.send(reply)
+
+
+async def getnetworkinfo(call: Call) -> None:
+    """``{nodeid}`` → ``{action, nodeid, updateTime, netif, netif2}`` (nulls when unknown)."""
+    node, rights = await _details_node(call)
+    if node is None or not rights & MESHRIGHT_DEVICEDETAILS:
+        return call.send({"action": "getnetworkinfo", "nodeid": call.command.get("nodeid"),
+                          **_tag(call), "noinfo": True, "result": "Invalid device id"})
+    record = await call.store.get("if" + node["_id"])
+    if record is None:
+        return call.send({"action": "getnetworkinfo", "nodeid": node["_id"], "netif": None,
+                          "netif2": None})
+    call.send({"action": "getnetworkinfo", "nodeid": node["_id"],
+               "updateTime": record.get("updateTime"), "netif": record.get("netif"),
+               "netif2": record.get("netif2")})
+
+
+async def lastconnect(call: Call) -> None:
+    """``{nodeid}`` → ``{action, nodeid, time, addr}`` or ``noinfo``/``No data``."""
+    node, _rights = await _details_node(call)
+    node_id = call.command.get("nodeid")
+    if node is None:
+        return call.send({"action": "lastconnect", "nodeid": node_id, **_tag(call),
+                          "noinfo": True, "result": "Invalid device id"})
+    record = await call.store.get("lc" + node["_id"])
+    if record is None:
+        return call.send({"action": "lastconnect", "nodeid": node_id, **_tag(call),
+                          "noinfo": True, "result": "No data"})
+    call.send({"action": "lastconnect", "nodeid": node_id, "time": record.get("time"),
+               "addr": record.get("addr")})
+
+
+# -- requests for agents -------------------------------------------------------------------
+
+async def runcommands(call: Call) -> None:
+    """``{nodeids, type 0..4, cmds (≤65535), runAsUser 0..2, reply}`` → per device ``OK``
+    (without ``reply``), ``Agent not connected``, ``Access denied``, ``Invalid nodeid``,
+    ``Invalid command type``; with ``reply`` the agent's output arrives as
+    ``{action:"msg", type:"runcommands", result, responseid, nodeid}``."""
+    cmd = call.command
+    if not valid_str_list(cmd.get("nodeids"), 1, 1024, 1000):
+        return
+    if not valid_int(cmd.get("type"), 0, 4):
+        return call.result("Invalid command type")
+    if not valid_str(cmd.get("cmds"), 0, 65535):
+        return call.result("Invalid command")
+    run_as = cmd.get("runAsUser") if valid_int(cmd.get("runAsUser"), 0, 2) else 0
+    reply = cmd.get("reply") is True
+    rid = call.responseid if isinstance(call.responseid, str) else None
+    access = await call.access()
+    for raw_id in cmd["nodeids"]:
+        node_id = full_id("node", raw_id) if isinstance(raw_id, str) else ""
+        if not in_domain(node_id, "node"):
+            call.result("Invalid domain")
+            continue
+        node, mesh, rights = await node_with_rights(call.store, access, node_id)
+        if node is None:
+            call.result("Invalid nodeid")
+            continue
+        if cmd["type"] == 4:
+            if rights & (MESHRIGHT_REMOTECONTROL | MESHRIGHT_AGENTCONSOLE) != \
+                    MESHRIGHT_REMOTECONTROL | MESHRIGHT_AGENTCONSOLE:
+                call.result("Access denied")
+                continue
+            call.session.watch_agent(node_id)
+            sent = call.hub.send_to_agent(node_id, {
+                "action": "msg", "type": "console", "value": cmd["cmds"], "rights": rights,
+                "sessionid": call.session.session_id})
+            call.result("OK" if sent else "Agent not connected")
+            continue
+        if not rights & MESHRIGHT_REMOTECOMMAND:
+            call.result("Access denied")
+            continue
+        agent_id = (node.get("agent") or {}).get("id") if isinstance(node.get("agent"), dict) \
+            else None
+        kind = cmd["type"]
+        if isinstance(agent_id, int) and agent_id in WINDOWS_AGENT_IDS:
+            kind = 1 if kind == 0 else kind
+            ok = kind in (1, 2)
+        else:
+            kind = 3 if kind == 0 else kind
+            ok = kind == 3
+        if not ok:
+            call.result("Invalid command type")
+            continue
+        call.session.watch_agent(node_id)
+        sent = call.hub.send_to_agent(node_id, {
+            "action": "runcommands", "type": kind, "cmds": cmd["cmds"], "runAsUser": run_as,
+            "reply": reply, "responseid": rid, "sessionid": call.session.session_id})
+        if not sent:
+            call.result("Agent not connected")
+            continue
+        if not reply:
+            call.result("OK")
+        msgid = {1: 99, 2: 100}.get(kind, 24)
+        call.publish(node_targets(node, mesh, ["server-users", call.user_id]), {
+            "etype": "node", **call.actor(), "nodeid": node_id, "action": "runcommands",
+            "msg": "Running commands", "msgid": msgid, "cmds": cmd["cmds"], "cmdType": kind,
+            "runAsUser": run_as})
+
+
+_ROUTED_TYPES = frozenset({"console", "tunnel", "openUrl", "messagebox", "getclip", "setclip",
+                           "ps", "pskill", "services", "userSessions", "cpuinfo", "localapp",
+                           "terminal", "alert"})
+
+
+async def msg(call: Call) -> None:
+    """Routed ``{nodeid, type, …}`` for the agent → ``{action:"msg", result:"OK"|"Unable to
+    route", responseid}``; the server adds who is asking."""
+    cmd = call.command
+    node_id = cmd.get("nodeid")
+    kind = cmd.get("type")
+    if not valid_str(node_id, 1, 1024) or not isinstance(kind, str) or kind not in _ROUTED_TYPES:
+        return
+    access = await call.access()
+    node, _mesh, rights = await node_with_rights(call.store, access, node_id)
+    routed = False
+    if node is not None and rights & (MESHRIGHT_REMOTECONTROL | MESHRIGHT_REMOTEVIEWONLY):
+        if kind != "console" or rights & MESHRIGHT_AGENTCONSOLE:
+            message = {k: v for k, v in cmd.items() if k not in ("nodeid", "responseid")}
+            message.update({"sessionid": call.session.session_id, "rights": rights,
+                            "consent": node.get("consent", 0),
+                            "username": call.user.get("name"), "userid": call.user_id,
+                            "realname": call.user.get("realname"),
+                            "remoteaddr": call.session.peer})
+            call.session.watch_agent(node["_id"])
+            routed = call.hub.send_to_agent(node["_id"], message)
+    if call.responseid is not None:
+        call.send({"action": "msg", "result": "OK" if routed else "Unable to route",
+                   **_tag(call), "responseid": call.responseid})
+
+
+async def toast(call: Call) -> None:
+    """``{nodeids, title?, msg (1..4096)}`` → ``ok`` (``Access Denied`` per device without
+    the chat right)."""
+    cmd = call.command
+    if not valid_str_list(cmd.get("nodeids"), 1, 1024) or not valid_str(cmd.get("msg"), 1, 4096):
+        return
+    title = cmd.get("title") if valid_str(cmd.get("title"), 0, 512) else ""
+    access = await call.access()
+    for raw_id in cmd["nodeids"]:
+        node, _mesh, rights = await node_with_rights(call.store, access, raw_id)
+        if node is None:
+            continue
+        if not rights & MESHRIGHT_CHATNOTIFY:
+            call.result("Access Denied")
+            continue
+        call.hub.send_to_agent(node["_id"], {
+            "action": "toast", "title": title, "msg": cmd["msg"],
+            "sessionid": call.session.session_id, "username": call.user.get("name"),
+            "userid": call.user_id})
+    call.result("ok")
+
+
+async def poweraction(call: Call) -> None:
+    """``{nodeids, actiontype}`` → ``ok`` per device (the agent does the rest)."""
+    cmd = call.command
+    if not valid_str_list(cmd.get("nodeids"), 1, 1024) or not valid_int(cmd.get("actiontype"),
+                                                                         0, 1000):
+        return
+    action_type = cmd["actiontype"]
+    needed = MESHRIGHT_WAKEDEVICE if action_type == 302 else MESHRIGHT_RESETOFF
+    access = await call.access()
+    for raw_id in cmd["nodeids"]:
+        node, _mesh, rights = await node_with_rights(call.store, access, raw_id)
+        if node is not None and rights & needed and action_type < 300:
+            call.hub.send_to_agent(node["_id"], {"action": "poweraction",
+                                                 "actiontype": action_type})
+        call.result("ok")
+
+
+async def wakedevices(call: Call) -> None:
+    """``{nodeids}`` → for one device a sentence saying what was done, else ``ok`` each."""
+    cmd = call.command
+    if not valid_str_list(cmd.get("nodeids"), 1, 1024):
+        return
+    access = await call.access()
+    single = len(cmd["nodeids"]) == 1
+    for raw_id in cmd["nodeids"]:
+        node, _mesh, rights = await node_with_rights(call.store, access, raw_id)
+        if node is None or not rights & MESHRIGHT_WAKEDEVICE:
+            call.result("Invalid nodeid" if single else "ok")
+            continue
+        record = await call.store.get("if" + node["_id"])
+        if record is None:
+            call.result("No network information for this device" if single else "ok")
+            continue
+        macs: list[str] = []
+        netif2 = record.get("netif2")
+        if isinstance(netif2, dict):
+            for interfaces in netif2.values():
+                for interface in interfaces if isinstance(interfaces, list) else []:
+                    mac = interface.get("mac") if isinstance(interface, dict) else None
+                    if isinstance(mac, str) and mac and mac != "00:00:00:00:00:00" \
+                            and mac not in macs:
+                        macs.append(mac)
+        if not macs:
+            call.result("No known MAC addresses for this device" if single else "ok")
+            continue
+        # Every connected agent of the same group sends the magic packet on its LAN.
+        peers = [n["_id"] for n in await call.store.find_nodes_by_mesh([node["meshid"]], DOMAIN)
+                 if n["_id"] != node["_id"]]
+        used = sum(1 for peer in peers
+                   if call.hub.send_to_agent(peer, {"action": "wakeonlan", "macs": macs}))
+        call.result(f"Used {used} device(s) to send wake packets" if single else "ok")
+
+
+async def webrelay(call: Call) -> None:
+    """``{nodeid, port, appid}`` → ``WebRelay Disabled`` (MeshCentral 1.1.55 crashes here)."""
+    call.respond(result="WebRelay Disabled")
+
+
+# -- guest sharing ---------------------------------------------------------------------------
+
+async def _share_node(call: Call) -> tuple[Optional[Document], Optional[Document], str]:
+    """(node, group, error) for the sharing actions: remote control and sharing rights."""
+    node_id = call.command.get("nodeid")
+    if not valid_str(node_id, 8, 128):
+        return None, None, "Invalid node id"
+    node_id = full_id("node", node_id)
+    if not in_domain(node_id, "node"):
+        return None, None, "Invalid domain"
+    access = await call.access()
+    node, mesh, rights = await node_with_rights(call.store, access, node_id)
+    if node is None:
+        return None, None, "Invalid node id"
+    if rights != MESHRIGHT_ADMIN and (
+            not rights & MESHRIGHT_REMOTECONTROL or rights & MESHRIGHT_DESKLIMITEDINPUT
+            or not rights & MESHRIGHT_GUESTSHARING):
+        return None, None, "Access denied"
+    return node, mesh, ""
+
+
+async def _live_shares(call: Call, node_id: str) -> list[Document]:
+    now_ms = call.hub.now() * 1000
+    shares = []
+    for share in await call.store.find_by_node("deviceshare", [node_id], DOMAIN):
+        expire = share.get("expireTime")
+        if isinstance(expire, (int, float)) and expire < now_ms:
+            await call.store.remove(share["_id"])
+        else:
+            shares.append(share)
+    return shares
+
+
+async def device_shares(call: Call) -> None:
+    """``{nodeid}`` → ``{action, nodeid, deviceShares:[…]}`` (links of others lose ``url``)."""
+    node, _mesh, error = await _share_node(call)
+    if node is None:
+        return call.result(error)
+    shown = []
+    for share in await _live_shares(call, node["_id"]):
+        view = {k: v for k, v in share.items()
+                if k not in ("_id", "domain", "nodeid", "type", "xmeshid")}
+        if view.get("userid") != call.user_id:
+            view.pop("url", None)
+        shown.append(view)
+    call.send({"action": "deviceShares", "nodeid": node["_id"], "deviceShares": shown})
+
+
+async def remove_device_share(call: Call) -> None:
+    """``{nodeid, publicid}`` → ``{…, removed}`` then ``OK`` or
+    ``Invalid device share identifier.``"""
+    if not valid_str(call.command.get("publicid"), 1, 128):
+        return call.result("Invalid public id")
+    node, mesh, error = await _share_node(call)
+    if node is None:
+        return call.result(error)
+    public_id = call.command["publicid"]
+    removed = None
+    for share in await _live_shares(call, node["_id"]):
+        if share.get("publicid") == public_id:
+            await call.store.remove(share["_id"])
+            removed = share
+    if call.responseid is not None:
+        call.send({"action": "removeDeviceShare", "responseid": call.responseid,
+                   "nodeid": node["_id"], "publicid": public_id, "removed": removed})
+    if removed is None:
+        return call.result("Invalid device share identifier.")
+    call.publish(node_targets(node, mesh, ["server-users", "server-shareremove", call.user_id]), {
+        "etype": "node", **call.actor(), "nodeid": node["_id"], "action": "removedDeviceShare",
+        "msg": "Removed Device Share", "msgid": 102, "msgArgs": [removed.get("guestName")],
+        "publicid": public_id})
+    call.result("OK")
+
+
+async def invite_agent(call: Call) -> None:
+    """``inviteAgent`` (invitation e-mail) → ``Unsupported feature``: no mail server yet."""
+    call.result("Unsupported feature")
