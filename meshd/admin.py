@@ -127,6 +127,17 @@ class DbImportOptions(_FileOptions):
                       "Report progress every N records (0: never).", _count]]
 
 
+class CertInfoOptions(usage.Options):
+    pass
+
+
+class CiraCredentialsOptions(usage.Options):
+    synopsis = "GROUPID"
+
+    def parseArgs(self, group: str) -> None:  # type: ignore[override]
+        self["group"] = group
+
+
 class Options(usage.Options):
     synopsis = "[--datapath D | --config F] COMMAND [options]"
     optParameters = [
@@ -142,6 +153,9 @@ class Options(usage.Options):
         ["dbexport", None, DbExportOptions, "Export the whole database as JSON lines."],
         ["dbimport", None, DbImportOptions,
          "Import a dbexport file or a MeshCentral meshcentral.db."],
+        ["certinfo", None, CertInfoOptions, "Show the certificates in use, hashes and expiry."],
+        ["ciracredentials", None, CiraCredentialsOptions,
+         "Make new Intel AMT CIRA credentials for a device group (shown once)."],
     ]
 
     def postOptions(self) -> None:
@@ -153,9 +167,18 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
-def _store_for(options: Options, reactor: Any) -> IStore:
+def _datapath(options: Options) -> str:
     settings = options.config.settings
     datapath = os.path.abspath(options["datapath"] or settings.data_path or DEFAULT_DATA_PATH)
+    if not os.path.isdir(datapath) and not (options["mongodb"] or settings.mongodb):
+        raise usage.UsageError(f"no data folder at {datapath}; start the server once or give "
+                               f"--datapath")
+    return datapath
+
+
+def _store_for(options: Options, reactor: Any) -> IStore:
+    settings = options.config.settings
+    datapath = _datapath(options)
     mongodb = options["mongodb"] or settings.mongodb
     if not mongodb and not os.path.isdir(datapath):
         raise usage.UsageError(f"no data folder at {datapath}; start the server once or give "
@@ -257,6 +280,12 @@ async def _run(reactor: Any, options: Options, out: TextIO, stdin: TextIO,
                err: TextIO = sys.stderr) -> int:
     if options.subCommand == "dbimport":
         return await _dbimport(reactor, options, out, err, stdin)
+    if options.subCommand == "certinfo":
+        from meshd.acme.info import certinfo_lines
+
+        for line in certinfo_lines(_datapath(options)):
+            out.write(line + "\n")
+        return 0
     store = _store_for(options, reactor)
     await store.open()
     try:
@@ -283,6 +312,18 @@ async def _run(reactor: Any, options: Options, out: TextIO, stdin: TextIO,
             user = await accounts.set_site_admin(sub["name"], not sub["remove"], sub["domain"])
             state = "no longer" if sub["remove"] else "now"
             out.write(f"{user['name']} is {state} site administrator\n")
+        elif command == "ciracredentials":
+            from meshd.mps.cira import create_cira_credentials
+
+            group = sub["group"]
+            mesh_key = group if group.startswith("mesh/") else f"mesh//{group}"
+            try:
+                user, password = await create_cira_credentials(store, mesh_key)
+            except ValueError as e:
+                raise AccountError(str(e)) from None
+            out.write(f"CIRA user {user}\nCIRA password {password}\n"
+                      "Provision these into Intel AMT now: the password is not shown again, "
+                      "and devices using older credentials of this group are now refused.\n")
         elif command == "listaccounts":
             for user in await accounts.list():
                 if sub["json"]:

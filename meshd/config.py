@@ -145,6 +145,10 @@ class Settings:
                      check=_bind_address)
     cert: str = _key("cert", "Host name in the web certificate (default: this machine's name).",
                      default_factory=_default_host_name, check=_host_name)
+    mps_pass: Optional[str] = _key("mpsPass",
+                                   "One CIRA password accepted for every Intel AMT group "
+                                   "(MeshCentral compatibility; default: per-group passwords).",
+                                   None)
     mps_alias_host: Optional[str] = _key("mpsAliasHost",
                                          "Host name in the MPS certificate (default: cert).", None)
     fast_cert: bool = _key("fastCert",
@@ -284,7 +288,7 @@ _MESHCENTRAL_ONLY: dict[str, frozenset[str]] = {
         "ignoreagenthashcheck interusermessaging ipblockeduserredirect lanonly localdiscovery "
         "lockagentdownload log maintenancemode managealldevicegroups managecrossdomain "
         "maxinvalid2fa mesherrorlogpath meshscanner mongodbbulkoperations mongodbchangestream "
-        "mpsaliasport mpshighsecurity mpsportbind mpstlsoffload mpspass nice404 no2factorauth "
+        "mpsaliasport mpshighsecurity mpsportbind mpstlsoffload nice404 no2factorauth "
         "noagentupdate npmpath npmproxy orphanagentuser plugins publicpushnotifications "
         "rediraliasport redirects redirportbind relayaliasport relaydns relayport "
         "runonservererror runonserverstarted runonserverupdated selfupdate sessionsamesite "

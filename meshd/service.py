@@ -36,6 +36,12 @@ from twisted.web.server import Site
 import meshd
 from meshd import certs, tls
 from meshd.accounts import Accounts
+from meshd.acme import (
+    AcmeService,
+    ChallengeResource,
+    complete_interrupted_swap,
+    with_acme_challenges,
+)
 from meshd.agent import identity
 from meshd.agent.core import CoreChooser, MeshCentralCores, python_core
 from meshd.agent.server import AgentManager, agent_resource
@@ -43,7 +49,7 @@ from meshd.control import control_hub, control_resource
 from meshd.events import LocalEventBus
 from meshd.presence import LocalPresence
 from meshd.config import Config
-from meshd.mps.listener import MpsFactory
+from meshd.mps.protocol import MpsServerFactory
 from meshd.ratelimit import FailureLimiter
 from meshd.store import IStore, SchemaError, StoreUnavailable, open_store
 from meshd.store.expire import ExpireService
@@ -327,6 +333,8 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
     datapath = os.path.abspath(datapath or settings.data_path or DEFAULT_DATA_PATH)
     for warning in config.warnings:
         _log.warn("configuration: {warning}", warning=warning)
+    # A certificate swap cut short by a crash is finished before anything is read.
+    complete_interrupted_swap(datapath)
     certificates = load_certificates(config, datapath)
 
     web_hash = certificates.web.sha384()
@@ -382,12 +390,21 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
     root.web_context = web_context
     root.bus, root.presence = bus, presence
 
+    # Hashes of the web certificate served before the last hot swap: an agent whose TLS
+    # handshake happened just before the swap still completes its agent handshake.
+    previous_hashes: list[frozenset[bytes]] = [frozenset()]
+
     def accepted_tls_hashes() -> frozenset[bytes]:
         # The certificate agents see now (the proxy's with tlsOffload, the renewed one
         # after an ACME hot swap): its full hash and, for old agents, its key hash.
         if web_context is not None:
-            return identity.accepted_tls_hashes(web_context.certificate)
+            return identity.accepted_tls_hashes(web_context.certificate) | previous_hashes[0]
         return frozenset({bytes.fromhex(root.web_certificate_hash)})
+
+    def on_new_certificate(new: certs.CertKey) -> None:
+        previous_hashes[0] = accepted_tls_hashes()
+        root.web_certificate_hash = new.sha384()
+        _log.info("web certificate renewed, SHA-384 {web_hash}", web_hash=new.sha384())
 
     meshcentral_cores = None
     if settings.agent_core_dir:
@@ -402,11 +419,16 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
         core_provider=CoreChooser(python_core(), meshcentral_cores),
         max_devices=settings.max_devices)
     root.agents = agents
+    mps = MpsServerFactory(store, presence, bus, reactor, server_id=agents.server_id,
+                           mps_pass=settings.mps_pass, max_devices=settings.max_devices,
+                           now=reactor.seconds)
+    root.mps = mps
 
     # HTTPS: web site, /agent.ashx, /control.ashx, /meshrelay.ashx.
     site = Site(build_root(clock=reactor, started_at=root.started_at,
                            title=config.default_domain.title, listeners=root.listeners,
-                           auth=auth, extra={
+                           auth=auth, status={"mps": mps.stats_dict,
+                                              "agents": lambda: dict(agents.stats)}, extra={
                                b"agent.ashx": agent_resource(agents, reactor),
                                b"control.ashx": control_resource(control_hub(
                                    settings=settings, certificates=certificates,
@@ -423,9 +445,17 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
                     bind, _endpoint(reactor, settings.port, bind, web_context),
                     site).setServiceParent(root)
 
-    # HTTP: redirect everything to HTTPS.
+    # ACME (Let's Encrypt): renews the web certificate and hot-swaps it.
+    challenges = ChallengeResource()
+    if config.letsencrypt is not None:
+        AcmeService(config.letsencrypt, datapath, web_context, challenges, reactor,
+                    on_new_certificate=on_new_certificate,
+                    http_port=settings.redir_port or None).setServiceParent(root)
+
+    # HTTP: redirect everything to HTTPS, except ACME http-01 challenges.
     if settings.redir_port:
-        redirect = Site(RedirectResource(settings.port, settings.cert),
+        redirect = Site(with_acme_challenges(RedirectResource(settings.port, settings.cert),
+                                             challenges),
                         logFormatter=access_log_line)
         redirect.displayTracebacks = False
         ListenerService(ListenerSpec("redirect", "--redirport", settings.redir_port, False),
@@ -437,5 +467,5 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
         mps_context = tls.mps_context_factory(certificates.mps.cert, certificates.mps.key)
         ListenerService(ListenerSpec("mps", "--mpsport", settings.mps_port, True),
                         bind, _endpoint(reactor, settings.mps_port, bind, mps_context),
-                        MpsFactory()).setServiceParent(root)
+                        mps).setServiceParent(root)
     return root

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
+import os
+import ssl
 import json
 import subprocess
 import sys
@@ -84,6 +87,18 @@ class AdminCliTests(SynchronousTestCase):
         self.assertEqual(login(server, name, "second password").status, 303)
         self.assertEqual(admin(server.datapath, "adminaccount", name).stdout.strip(),
                          f"{name} is now site administrator")
+
+    def test_certinfo(self) -> None:
+        """certinfo shows each certificate with its SHA-384 and the agents' ServerID."""
+        server = shared_server()
+        result = admin(server.datapath, "certinfo")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for heading in ("web certificate:", "MPS certificate:", "agent certificate:",
+                        "root certificate:", "ServerID:"):
+            self.assertIn(heading, result.stdout)
+        with open(os.path.join(server.datapath, "webserver-cert-public.crt")) as f:
+            der = ssl.PEM_cert_to_DER_cert(f.read())
+        self.assertIn(hashlib.sha384(der).hexdigest(), result.stdout)
 
     def test_errors(self) -> None:
         """Errors are one line on stderr with a non-zero exit code."""

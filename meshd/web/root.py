@@ -56,12 +56,14 @@ class HealthResource(Resource):
 
     def __init__(self, clock: IReactorTime, started_at: float,
                  listeners: Callable[[], Sequence[ListenerInfo]],
-                 store: Optional[Any] = None) -> None:
+                 store: Optional[Any] = None,
+                 status: Optional[dict[str, Callable[[], Any]]] = None) -> None:
         super().__init__()
         self._clock = clock
         self._started_at = started_at
         self._listeners = listeners
         self._store = store
+        self._status = status or {}
 
     def render_GET(self, request: Request) -> object:
         _security_headers(request)
@@ -87,6 +89,8 @@ class HealthResource(Resource):
             "uptime": round(self._clock.seconds() - self._started_at, 3),
             "listeners": list(self._listeners()),
         }
+        for name, counters in self._status.items():
+            body[name] = counters()
         if self._store is not None:
             healthy = bool(self._store.is_healthy)
             body["store"] = {"backend": self._store.backend, "healthy": healthy}
@@ -126,7 +130,8 @@ class HomeResource(Resource):
 def build_root(*, clock: IReactorTime, started_at: float, title: str,
                listeners: Callable[[], Sequence[ListenerInfo]],
                auth: Optional["WebAuth"] = None,
-               extra: Optional[dict[bytes, Resource]] = None) -> Resource:
+               extra: Optional[dict[bytes, Resource]] = None,
+               status: Optional[dict[str, Callable[[], Any]]] = None) -> Resource:
     """Mount every HTTPS path in one place (``extra``: the WebSocket endpoints)."""
     root: Resource
     if auth is None:
@@ -143,7 +148,7 @@ def build_root(*, clock: IReactorTime, started_at: float, title: str,
         root.putChild(b"logout", LogoutResource(auth))
         root.putChild(b"createaccount", CreateAccountResource(auth))
     root.putChild(b"health", HealthResource(clock, started_at, listeners,
-                                            auth.store if auth is not None else None))
+                                            auth.store if auth is not None else None, status))
     for path, resource in (extra or {}).items():
         root.putChild(path, resource)
     return root
