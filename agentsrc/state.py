@@ -21,7 +21,6 @@ import datetime
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from meshd import files
 from meshd.agent.identity import HASH_LEN, node_id_from_cert
 
 __all__ = [
@@ -61,31 +61,7 @@ class StateError(Exception):
 
 def atomic_write(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically with mode 0600 (temp file, fsync, rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)  # created 0600
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-    try:
-        folder = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(folder)
-    except OSError:
-        pass
-    finally:
-        os.close(folder)
+    files.atomic_write(path, data, files.PRIVATE)
 
 
 @dataclass(frozen=True)

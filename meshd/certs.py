@@ -37,7 +37,6 @@ never silently regenerated, because regenerating the agent certificate would cut
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import ipaddress
 import os
@@ -53,6 +52,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.logger import Logger
+
+from meshd.files import atomic_write
 
 __all__ = [
     "CertKey",
@@ -579,45 +580,11 @@ def _write_pair(datapath: str, kind: str, pair: CertKey) -> _Loaded:
 
 
 def _atomic_write(path: str, data: bytes, mode: int) -> None:
-    """Write ``data`` to a new 0600/``mode`` temp file next to ``path``, fsync, rename over it."""
-    directory, base = os.path.split(path)
-    temp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    flags |= getattr(os, "O_NOFOLLOW", 0)
+    """Write one file of the pair durably (see :mod:`meshd.files`)."""
     try:
-        fd = os.open(temp, flags, _KEY_FILE_MODE)
-        try:
-            try:
-                if hasattr(os, "fchmod"):
-                    os.fchmod(fd, mode)  # the umask may have narrowed it (harmless) or not
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
+        atomic_write(path, data, mode)
     except OSError as e:
         raise CertificateError(f"cannot write {path}: {e.strerror or e}") from e
-    _fsync_folder(directory)
-
-
-def _fsync_folder(directory: str) -> None:
-    """Make the rename durable (POSIX); not possible on every platform, so best effort."""
-    try:
-        fd = os.open(directory or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # -- checks that only warn -------------------------------------------------------------------

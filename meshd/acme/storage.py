@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -42,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.logger import Logger
 
 from meshd.certs import CertKey
+from meshd.files import atomic_write, fsync_folder
 
 __all__ = [
     "ACCOUNT_KEY_FILE",
@@ -109,43 +109,6 @@ class AcmeState:
             if isinstance(names, list) else (),
             certificate_not_after=text(cert.get("notAfter")),
         )
-
-
-def atomic_write(path: str, data: bytes, mode: int) -> None:
-    """Write ``data`` to a temp file (created 0600) next to ``path``, fsync, rename over it."""
-    directory, base = os.path.split(path)
-    temp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(temp, flags, _KEY_MODE)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    fsync_folder(directory)
-
-
-def fsync_folder(directory: str) -> None:
-    """Make renames in ``directory`` durable (best effort)."""
-    try:
-        fd = os.open(directory or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # -- account ---------------------------------------------------------------------------------
