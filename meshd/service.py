@@ -369,6 +369,8 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
                          events_retention=timedelta(seconds=expire.events),
                          power_retention=timedelta(seconds=expire.power_events)
                          ).setServiceParent(root)
+    # Events: published to live sessions and kept in the store.
+    bus = LocalEventBus()
     limits = settings.max_invalid_login
     domain = config.default_domain
     auth = WebAuth(
@@ -378,10 +380,9 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
         now=now, title=domain.title,
         new_accounts=domain.new_accounts if domain.new_accounts is not None
         else settings.new_accounts,
-        ready=store_service.ready)
+        ready=store_service.ready, bus=bus)
 
-    # Events, presence and the agents.
-    bus = LocalEventBus()
+    # Presence and the agents.
     presence = LocalPresence()
     web_context = None
     if not settings.tls_offload:

@@ -16,7 +16,6 @@ recorded as events, never with the password.  A store that is down gives a 503 p
 from __future__ import annotations
 
 import html
-from datetime import datetime, timezone
 from typing import Any, Callable, Coroutine, Optional
 from urllib.parse import urlsplit
 
@@ -27,6 +26,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 import meshd
 from meshd.accounts import AccountError, Accounts, user_id
+from meshd.events import IEventBus, LocalEventBus, publish_and_store
 from meshd.ratelimit import FailureLimiter
 from meshd.store.interface import IStore, StoreUnavailable
 from meshd.web.session import COOKIE_NAME, Sessions
@@ -41,7 +41,8 @@ class WebAuth:
 
     def __init__(self, *, store: IStore, accounts: Accounts, sessions: Sessions,
                  limiter: FailureLimiter, now: Callable[[], float], title: str,
-                 new_accounts: bool, ready: Callable[[], "Deferred[None]"]) -> None:
+                 new_accounts: bool, ready: Callable[[], "Deferred[None]"],
+                 bus: Optional[IEventBus] = None) -> None:
         self.store = store
         self.accounts = accounts
         self.sessions = sessions
@@ -50,7 +51,18 @@ class WebAuth:
         self.title = title
         self.new_accounts = new_accounts
         self.ready = ready
+        self.bus = bus if bus is not None else LocalEventBus()
         self.create_lock = DeferredLock()
+
+    async def user_event(self, user_id: str, username: str, domain: str, action: str,
+                         msg: str, msgid: Optional[int] = None,
+                         targets: tuple[str, ...] = ("*",)) -> None:
+        """Publish an account event and keep it in the audit trail."""
+        event: dict[str, Any] = {"etype": "user", "action": action, "userid": user_id,
+                                 "username": username, "domain": domain, "msg": msg}
+        if msgid is not None:
+            event["msgid"] = msgid
+        await publish_and_store(self.bus, self.store, [user_id, *targets], event, self.now)
 
     async def current_user(self, request: Request) -> Optional[dict[str, Any]]:
         token = request.getCookie(COOKIE_NAME)
@@ -265,11 +277,8 @@ class LoginResource(Resource):
                 auth.limiter.failure("user:" + uid, now)
             _log.info("failed login for {user_id} from {ip}", user_id=uid, ip=ip)
             if uid:
-                await auth.store.store_event({
-                    "etype": "user", "action": "authfail", "userid": uid,
-                    "username": username[:64], "domain": "", "ids": [uid, "*"],
-                    "msg": f"Failed login attempt from {ip}",
-                    "time": datetime.fromtimestamp(now, timezone.utc)})
+                await auth.user_event(uid, username[:64], "", "authfail",
+                                      f"Failed login attempt from {ip}")
             request.setResponseCode(401)
             return page(auth.title, login_form("Invalid user name or password.", username))
         auth.limiter.success("ip:" + ip)
@@ -277,11 +286,8 @@ class LoginResource(Resource):
         token = await auth.sessions.create(user, ip)
         _set_session_cookie(request, token)
         _log.info("{user_id} logged in from {ip}", user_id=user["_id"], ip=ip)
-        await auth.store.store_event({
-            "etype": "user", "action": "login", "userid": user["_id"],
-            "username": user.get("name"), "domain": user.get("domain", ""),
-            "ids": [user["_id"], "*"], "msg": f"Account login from {ip}",
-            "time": datetime.fromtimestamp(now, timezone.utc)})
+        await auth.user_event(user["_id"], user.get("name", ""), user.get("domain", ""), "login",
+                              f"Account login from {ip}")
         request.setResponseCode(303)
         request.setHeader(b"Location", b"/")
         return b""
@@ -305,11 +311,8 @@ class LogoutResource(Resource):
         _clear_session_cookie(request)
         if record is not None:
             _log.info("{user_id} logged out", user_id=record["userid"])
-            await auth.store.store_event({
-                "etype": "user", "action": "logout", "userid": record["userid"],
-                "username": record["userid"].split("/", 2)[-1], "domain": record.get("domain", ""),
-                "ids": [record["userid"], "*"], "msgid": 2, "msg": "Account logout",
-                "time": datetime.fromtimestamp(auth.now(), timezone.utc)})
+            await auth.user_event(record["userid"], record["userid"].split("/", 2)[-1],
+                                  record.get("domain", ""), "logout", "Account logout", msgid=2)
         request.setResponseCode(303)
         request.setHeader(b"Location", b"/")
         return b""
@@ -372,12 +375,9 @@ class CreateAccountResource(Resource):
         token = await auth.sessions.create(stored, ip)
         _set_session_cookie(request, token)
         _log.info("account {user_id} created from {ip}", user_id=user["_id"], ip=ip)
-        await auth.store.store_event({
-            "etype": "user", "action": "accountcreate", "userid": user["_id"],
-            "username": user["name"], "domain": user.get("domain", ""),
-            "ids": [user["_id"], "*", "server-users"], "msgid": 64,
-            "msg": f"Account created, username is {user['name']}",
-            "time": datetime.fromtimestamp(auth.now(), timezone.utc)})
+        await auth.user_event(user["_id"], user["name"], user.get("domain", ""), "accountcreate",
+                              f"Account created, username is {user['name']}", msgid=64,
+                              targets=("*", "server-users"))
         request.setResponseCode(303)
         request.setHeader(b"Location", b"/")
         return b""
