@@ -149,3 +149,27 @@ def fresh_datapath() -> str:
     shutil.copytree(server.datapath, data, ignore=shutil.ignore_patterns("*.db*"))
     atexit.register(shutil.rmtree, target, True)
     return data
+
+
+async def agent_group(server: ServerProcess, store: object, name: str) -> tuple[str, bytes]:
+    """Create an agent device group in the server's store; return its key and the ``.msh``
+    the server serves for it (what an administrator downloads to install agents)."""
+    import http.client
+    import urllib.parse
+
+    from meshd.agent import identity
+
+    raw = os.urandom(48)
+    mesh_id = identity.mesh_id_to_str(raw)
+    mesh_key = identity.mesh_key(mesh_id)
+    await store.set({"_id": mesh_key, "type": "mesh", "mtype": 2,  # type: ignore[attr-defined]
+                     "name": name, "domain": ""})
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=server.ssl_context(),
+                                       timeout=10)
+    conn.request("GET", "/meshsettings?id=" + urllib.parse.quote(mesh_id))
+    response = conn.getresponse()
+    msh = response.read()
+    conn.close()
+    if response.status != 200:
+        raise RuntimeError(f"/meshsettings answered {response.status}")
+    return mesh_key, msh

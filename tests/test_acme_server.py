@@ -3,21 +3,18 @@ real MeshAgent enrolled under the old certificate keeps working."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import tempfile
-import urllib.parse
 from typing import Any
 
 from cryptography import x509
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from meshd.agent import identity
 from meshd.store.sqlite import SQLiteStore
 from tests.pebble import Pebble, require_pebble
-from tests.server import ServerProcess, fresh_datapath
+from tests.server import ServerProcess, agent_group, fresh_datapath
 from tests.test_meshagent import MeshAgentProcess, eventually
 from tests.test_server import tls_connect
 
@@ -41,16 +38,7 @@ class AcmeServerTests(TestCase):
         store = SQLiteStore(datapath, reactor)
         await store.open()
         self.addCleanup(store.close)
-        raw = os.urandom(48)
-        mesh_key = identity.mesh_key(identity.mesh_id_to_str(raw))
-        await store.set({"_id": mesh_key, "type": "mesh", "mtype": 2, "name": "acme",
-                         "domain": ""})
-        conn = http.client.HTTPSConnection("127.0.0.1", server.port,
-                                           context=server.ssl_context(), timeout=10)
-        conn.request("GET", "/meshsettings?id=" + urllib.parse.quote(
-            identity.mesh_id_to_str(raw)))
-        msh = conn.getresponse().read()
-        conn.close()
+        mesh_key, msh = await agent_group(server, store, "acme")
         agent = MeshAgentProcess(msh)
         self.addCleanup(agent.cleanup)
         agent.start()

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import urllib.parse
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from meshd.agent import identity
 from meshd.store.sqlite import SQLiteStore
-from tests.server import ROOT, ServerProcess, fresh_datapath, server_env
+from tests.server import ROOT, ServerProcess, agent_group, fresh_datapath, server_env
 from tests.test_meshagent import eventually
 
 
@@ -33,17 +30,7 @@ class PythonAgentTests(TestCase):
         store = SQLiteStore(datapath, reactor)
         await store.open()
         self.addCleanup(store.close)
-        raw = os.urandom(48)
-        mesh_key = identity.mesh_key(identity.mesh_id_to_str(raw))
-        await store.set({"_id": mesh_key, "type": "mesh", "mtype": 2, "name": "py",
-                         "domain": ""})
-
-        conn = http.client.HTTPSConnection("127.0.0.1", server.port,
-                                           context=server.ssl_context(), timeout=10)
-        conn.request("GET", "/meshsettings?id=" + urllib.parse.quote(
-            identity.mesh_id_to_str(raw)))
-        msh = conn.getresponse().read()
-        conn.close()
+        mesh_key, msh = await agent_group(server, store, "py")
         folder = tempfile.mkdtemp(prefix="pyagent-")
         self.addCleanup(shutil.rmtree, folder, True)
         with open(os.path.join(folder, "meshagent.msh"), "wb") as f:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
@@ -10,7 +9,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import urllib.parse
 from typing import Any, Callable, Optional
 
 from cryptography import x509
@@ -21,7 +19,7 @@ from twisted.trial.unittest import TestCase
 from meshd.agent import identity
 from meshd.store.sqlite import SQLiteStore
 from tests.npmcache import meshagent_binary, meshcentral_package
-from tests.server import ServerProcess, fresh_datapath
+from tests.server import ServerProcess, agent_group, fresh_datapath
 
 
 class MeshAgentProcess:
@@ -93,22 +91,11 @@ class RealMeshAgentTests(TestCase):
         store = SQLiteStore(datapath, reactor)
         await store.open()
         self.addCleanup(store.close)
-        mesh_raw = os.urandom(48)
-        mesh_key = identity.mesh_key(identity.mesh_id_to_str(mesh_raw))
-        await store.set({"_id": mesh_key, "type": "mesh", "mtype": 2, "name": "interop",
-                         "domain": "", "links": {}})
         with open(os.path.join(datapath, "agentserver-cert-public.crt"), "rb") as f:
             server_id = identity.server_id(x509.load_pem_x509_certificate(f.read()))
-
         # The settings file comes from the server, as an administrator would download it.
-        conn = http.client.HTTPSConnection("127.0.0.1", server.port,
-                                           context=server.ssl_context(), timeout=10)
-        conn.request("GET", "/meshsettings?id=" + urllib.parse.quote(
-            identity.mesh_id_to_str(mesh_raw)))
-        response = conn.getresponse()
-        msh = response.read()
-        conn.close()
-        self.assertEqual(response.status, 200)
+        mesh_key, msh = await agent_group(server, store, "interop")
+        mesh_raw = identity.mesh_id_from_str(mesh_key)
         self.assertIn(f"ServerID={server_id}\r\n".encode(), msh)
         self.assertIn(f"MeshID={identity.mesh_id_to_msh(mesh_raw)}\r\n".encode(), msh)
         self.assertIn(f"MeshServer=wss://127.0.0.1:{server.port}/agent.ashx\r\n".encode(), msh)
