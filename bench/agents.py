@@ -11,7 +11,10 @@ handshake (from /proc/<pid>/stat), and server RSS growth per connected agent.
     # start a meshd server with a device group and measure it
     python bench/agents.py --meshd -n 1000
 
-    # any server, e.g. MeshCentral: its .msh and its process id
+    # the same load against MeshCentral 1.1.55 from npm
+    python bench/agents.py --meshcentral -n 1000
+
+    # any server: its .msh and its process id
     python bench/agents.py --msh meshagent.msh --pid 12345 -n 1000
 
 The client runs on the same machine and spends CPU too (one RSA signature per full
@@ -223,11 +226,40 @@ async def start_meshd(reactor: Any) -> tuple[Any, dict[str, str]]:
     return server, msh
 
 
+def start_meshcentral() -> tuple[Any, dict[str, str]]:
+    """MeshCentral from npm (tests/meshcentral.py) with one device group."""
+    from tests.meshcentral import MeshCentralServer, ensure_installed
+
+    server = MeshCentralServer(ensure_installed())
+    server.start()
+    text = server.mesh_settings(server.add_device_group("bench"))
+    msh = {}
+    for line in text.splitlines():
+        if "=" in line:
+            key, value = line.strip().split("=", 1)
+            msh[key] = value
+    return server, msh
+
+
+def serving_pid(pid: int) -> int:
+    """The process doing the work: MeshCentral runs its server in a child process."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        return pid
+    return serving_pid(children[-1]) if children else pid
+
+
 async def main(reactor: Any, options: argparse.Namespace) -> None:
     server = None
     if options.meshd:
         server, msh = await start_meshd(reactor)
         pid = server.process.pid
+    elif options.meshcentral:
+        server, msh = start_meshcentral()
+        await task.deferLater(reactor, 5.0, lambda: None)  # let it settle
+        pid = serving_pid(server.process.pid)
     else:
         msh = read_msh(options.msh)
         pid = options.pid
@@ -255,6 +287,8 @@ async def main(reactor: Any, options: argparse.Namespace) -> None:
     finally:
         if server is not None:
             server.stop()
+            if hasattr(server, "cleanup"):
+                server.cleanup()
 
 
 if __name__ == "__main__":
@@ -264,9 +298,11 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=50,
                         help="handshakes in flight (default 50)")
     parser.add_argument("--meshd", action="store_true", help="start a meshd server to measure")
+    parser.add_argument("--meshcentral", action="store_true",
+                        help="start MeshCentral 1.1.55 from npm to measure")
     parser.add_argument("--msh", help="settings file of the server to measure")
     parser.add_argument("--pid", type=int, help="process id of the server to measure")
     options = parser.parse_args()
-    if not options.meshd and not (options.msh and options.pid):
-        parser.error("give --meshd, or --msh and --pid")
+    if not (options.meshd or options.meshcentral) and not (options.msh and options.pid):
+        parser.error("give --meshd, --meshcentral, or --msh and --pid")
     task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, options)))
