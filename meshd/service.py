@@ -54,7 +54,7 @@ from meshd.ratelimit import FailureLimiter
 from meshd.store import IStore, SchemaError, StoreUnavailable, open_store
 from meshd.store.expire import ExpireService
 from meshd.web import access_log_line, build_root
-from meshd.web.agentinstall import MeshSettingsResource
+from meshd.web.agentinstall import MeshSettingsResource, mesh_agents_resource
 from meshd.web.login import WebAuth
 from meshd.web.redirect import RedirectResource
 from meshd.web.session import Sessions
@@ -436,8 +436,12 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
                                    web_hash=lambda: root.web_certificate_hash, store=store,
                                    bus=bus, presence=presence, agents=agents,
                                    accounts=auth.accounts, web_sessions=sessions,
-                                   run_blocking=workers.run, clock=reactor), reactor),
+                                   limiter=auth.limiter, run_blocking=workers.run,
+                                   clock=reactor), reactor),
                                b"meshsettings": MeshSettingsResource(
+                                   store, server_id=certificates.agent.public_key_sha384,
+                                   port=settings.port, default_host=settings.cert),
+                               b"meshagents": mesh_agents_resource(
                                    store, server_id=certificates.agent.public_key_sha384,
                                    port=settings.port, default_host=settings.cert)}),
                 logFormatter=access_log_line)

@@ -39,3 +39,29 @@ class MeshSettingsTests(TestCase):
         for value in ("nope", quote(identity.mesh_id_to_str(bytes(48))), ""):
             response = await self.treq.get("https://h.example.com/meshsettings?id=" + value)
             self.assertEqual(response.code, 401, value)
+
+
+class AgentPackageTests(TestCase):
+    def test_package_reproducible_and_complete(self) -> None:
+        """The agent package is byte-for-byte reproducible and holds what the agent imports."""
+        import io
+        import tarfile
+
+        from meshd.agent import package
+
+        first = package.agent_package()
+        package.agent_package.cache_clear()
+        self.assertEqual(package.agent_package(), first)
+        names = tarfile.open(fileobj=io.BytesIO(first)).getnames()
+        for needed in ("agentsrc/main.py", "agentsrc/core/agentcore.py", "meshd/agent/wire.py",
+                       "meshd/files.py", "pyproject.toml"):
+            self.assertIn(f"meshd-agent-{package.meshd.__version__}/{needed}", names)
+
+    def test_script_embeds_hash_and_msh(self) -> None:
+        """The install script carries the package hash and the group's settings."""
+        from meshd.agent.package import agent_package_sha384, install_script
+
+        script = install_script(server_url="https://h:1", msh="MeshID=0xAB\nServerID=CD",
+                                group_name="G")
+        self.assertIn(f"PACKAGE_SHA384={agent_package_sha384()}", script)
+        self.assertIn("MeshID=0xAB\nServerID=CD\nMSH", script)

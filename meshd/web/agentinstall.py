@@ -2,18 +2,23 @@
 
 ``GET /meshsettings?id=<group id>``  the ``.msh`` settings file for a device group, in
 MeshCentral's format (spec agent-protocol §7), so MeshCentral's own agent installs
-against meshd unchanged.  As in MeshCentral, knowing the group's random 48-byte id is
-what allows the download.
+against meshd unchanged.
+``GET /meshagents/install.sh?id=<group id>``  a Linux install script for meshd's Python
+agent in that group (see :mod:`meshd.agent.package`).
+``GET /meshagents/meshd-agent.tar.gz``  the Python agent package the script installs.
+
+As in MeshCentral, knowing the group's random 48-byte id is what allows the download.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from meshd.agent import identity
+from meshd.agent.package import agent_package, install_script
 from meshd.store.interface import IStore
 from meshd.web.login import render_async
 from meshd.web.redirect import _host_without_port, _valid_host
@@ -29,6 +34,8 @@ def msh_text(mesh: dict[str, Any], mesh_raw: bytes, server_id: str, server_url: 
 
 
 class MeshSettingsResource(Resource):
+    """``/meshsettings``; subclasses reuse the group look-up for other downloads."""
+
     isLeaf = True
 
     def __init__(self, store: IStore, *, server_id: Callable[[], str], port: int,
@@ -50,6 +57,18 @@ class MeshSettingsResource(Resource):
         return render_async(request, lambda: self._render(request))
 
     async def _render(self, request: Request) -> bytes:
+        found = await self.group(request)
+        if found is None:
+            request.setResponseCode(401)
+            return b"Unknown device group.\n"
+        mesh, raw = found
+        text = msh_text(mesh, raw, self._server_id(), self.server_url(request))
+        request.setHeader(b"Content-Type", b"application/octet-stream")
+        request.setHeader(b"Content-Disposition", b'attachment; filename="meshagent.msh"')
+        return text.encode("utf-8")
+
+    async def group(self, request: Request) -> Optional[tuple[dict[str, Any], bytes]]:
+        """The device group named by ``?id=``, or None."""
         values = request.args.get(b"id") if request.args else None
         mesh_id = values[0].decode("ascii", "replace") if values else ""
         try:
@@ -58,9 +77,43 @@ class MeshSettingsResource(Resource):
             raw = b""
         mesh = await self._store.get(identity.mesh_key(mesh_id)) if raw else None
         if mesh is None or mesh.get("type") != "mesh" or mesh.get("deleted"):
+            return None
+        return mesh, raw
+
+
+class InstallScriptResource(MeshSettingsResource):
+    """``/meshagents/install.sh?id=``: installs the Python agent for one group."""
+
+    async def _render(self, request: Request) -> bytes:
+        found = await self.group(request)
+        if found is None:
             request.setResponseCode(401)
             return b"Unknown device group.\n"
-        text = msh_text(mesh, raw, self._server_id(), self.server_url(request))
-        request.setHeader(b"Content-Type", b"application/octet-stream")
-        request.setHeader(b"Content-Disposition", b'attachment; filename="meshagent.msh"')
-        return text.encode("utf-8")
+        mesh, raw = found
+        msh = msh_text(mesh, raw, self._server_id(), self.server_url(request))
+        web = self.server_url(request).replace("wss://", "https://", 1).rsplit("/", 1)[0]
+        script = install_script(server_url=web, msh=msh.replace("\r\n", "\n").strip(),
+                                group_name=str(mesh.get("name", "")))
+        request.setHeader(b"Content-Type", b"text/x-shellscript; charset=utf-8")
+        return script.encode("utf-8")
+
+
+class AgentPackageResource(Resource):
+    """``/meshagents/meshd-agent.tar.gz``."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", b"application/gzip")
+        request.setHeader(b"Content-Disposition", b'attachment; filename="meshd-agent.tar.gz"')
+        return agent_package()
+
+
+def mesh_agents_resource(store: IStore, *, server_id: Callable[[], str], port: int,
+                         default_host: str) -> Resource:
+    """``/meshagents/``: the install script and the agent package."""
+    folder = Resource()
+    folder.putChild(b"install.sh", InstallScriptResource(
+        store, server_id=server_id, port=port, default_host=default_host))
+    folder.putChild(b"meshd-agent.tar.gz", AgentPackageResource())
+    return folder
