@@ -9,7 +9,9 @@ appendix A) except where meshd deliberately does better.
 from __future__ import annotations
 
 import atexit
+import http.client
 import json
+import os
 import tempfile
 import threading
 import time
@@ -19,8 +21,10 @@ from typing import Optional
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.meshctrl import MeshCtrl, meshctrl_script
+from tests.npmcache import meshcentral_package
 from tests.server import ServerProcess, fresh_datapath
 from tests.test_login import admin
+from tests.test_meshagent import MeshAgentProcess
 
 PASSWORD = "Adm1n!Pass#2024"
 
@@ -35,7 +39,11 @@ def control_server() -> ServerProcess:
         created = admin(datapath, "createaccount", "admin", "--pass", PASSWORD)
         if created.returncode != 0:
             raise RuntimeError(f"meshd-admin failed: {created.stderr}")
-        _server = ServerProcess(datapath).start()
+        # MeshCentral's agent core, so a real MeshAgent can run commands.
+        with open(datapath + ".json", "w") as f:
+            json.dump({"settings": {"agentCoreDir": os.path.join(meshcentral_package(),
+                                                                 "agents")}}, f)
+        _server = ServerProcess(datapath, ["--config", datapath + ".json"]).start()
         atexit.register(_server.stop)
     return _server
 
@@ -205,8 +213,9 @@ class MeshCtrlTests(SynchronousTestCase):
         user = self.new_user()
         self.assertEqual(self.run_ctl("addusertodevice", "--id", dev1, "--userid", user,
                                       "--remotecontrol"), "ok")
-        [node] = self.json_ctl("listdevices", "--filterid", dev1.split("/")[2])  # type: ignore
-        self.assertEqual(node["links"], {f"user//{user}": {"rights": 8, "name": user}})
+        nodes = self.json_ctl("listdevices", "--filterid", dev1.split("/")[2])
+        assert isinstance(nodes, list) and len(nodes) == 1, nodes
+        self.assertEqual(nodes[0]["links"], {f"user//{user}": {"rights": 8, "name": user}})
         self.assertEqual(self.run_ctl("removeuserfromdevice", "--id", dev1, "--userid", user),
                          "ok")
         self.assertEqual(self.run_ctl("movetodevicegroup", "--devid", dev1, "--id", local_b),
@@ -300,8 +309,10 @@ class MeshCtrlTests(SynchronousTestCase):
         """showevents in one meshctrl prints the accountcreate caused by another."""
         watcher = self.ctl.start("showevents")
         lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(iter(watcher.stdout.readline, "")),
-                                  daemon=True)  # type: ignore[union-attr]
+        output = watcher.stdout
+        assert output is not None
+        reader = threading.Thread(target=lambda: lines.extend(iter(output.readline, "")),
+                                  daemon=True)
         reader.start()
         try:
             deadline = time.monotonic() + 20
@@ -320,3 +331,47 @@ class MeshCtrlTests(SynchronousTestCase):
         text = "".join(lines)
         self.assertIn('"action": "accountcreate"', text)
         self.assertIn(f'"msg": "Account created, username is {name}"', text)
+
+
+class MeshCtrlAgentTests(SynchronousTestCase):
+    def test_runcommand_on_real_agent(self) -> None:
+        """runcommand reaches a real MeshAgent; with --reply its output comes back."""
+        meshctrl_script()
+        server = control_server()
+        ctl = MeshCtrl(server.port, "admin", PASSWORD, cwd=tempfile.mkdtemp())
+        out = ctl.run("adddevicegroup", "--name", unique("agents")).strip()
+        self.assertTrue(out.startswith("ok mesh//"), out)
+        mesh_id = out.split(" ", 1)[1]
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port,
+                                           context=server.ssl_context(), timeout=10)
+        conn.request("GET", "/meshsettings?id=" + mesh_id.split("/")[2].replace(
+            "$", "%24").replace("@", "%40"))
+        response = conn.getresponse()
+        msh = response.read()
+        conn.close()
+        self.assertEqual(response.status, 200, msh)
+        agent = MeshAgentProcess(msh)
+        self.addCleanup(agent.cleanup)
+        agent.start()
+        node = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            listed = ctl.run("listdevices", "--id", mesh_id, "--json")
+            try:
+                nodes = json.loads(listed)
+            except ValueError:
+                nodes = []
+            ready = [n for n in nodes if n.get("conn", 0) & 1 and n.get("agent", {}).get("core")]
+            if ready:
+                node = ready[0]
+                break
+            time.sleep(1)
+        self.assertIsNotNone(node, f"the agent never came online:\n{server.log()[-3000:]}")
+        assert node is not None
+        self.assertEqual(ctl.run("runcommand", "--id", node["_id"], "--run", "echo hi"
+                                 ).strip(), "OK")
+        out = ctl.run("runcommand", "--id", node["_id"], "--run", "echo meshd-$((6*7))",
+                      "--reply", timeout=60)
+        self.assertEqual(out.strip(), "meshd-42")
+        agent.stop()
+        self.assertEqual(ctl.run("removedevicegroup", "--id", mesh_id).strip(), "ok")

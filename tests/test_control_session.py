@@ -26,6 +26,7 @@ from meshd.control.rights import MESHRIGHT_ADMIN, SITERIGHT_ADMIN
 from meshd.control.session import MAX_PENDING, ControlSession
 from meshd.events import LocalEventBus
 from meshd.presence import CONN_AGENT, Connection, LocalPresence
+from meshd.ratelimit import FailureLimiter
 from meshd.store.memory import MemoryStore
 
 NOW = 1_800_000_000
@@ -166,7 +167,7 @@ class World:
     def connect(self, user_id: str) -> Client:
         return Client(self, user_id)
 
-    def doc(self, doc_id: str) -> Optional[dict[str, Any]]:
+    def doc(self, doc_id: str) -> Any:
         return self.store._documents.get(doc_id)
 
 
@@ -422,6 +423,20 @@ class UserActionTests(Base):
                          "Permission denied")
         self.assertEqual(manager.result("edituser", userid=self.admin_id, realname="x"),
                          "Permission denied")
+
+    def test_removed_user_loses_web_sessions(self) -> None:
+        """Removing a user also ends its web sessions."""
+        ended: list[str] = []
+
+        class WebSessions:
+            async def destroy_user(self, user_id: str) -> int:
+                ended.append(user_id)
+                return 1
+
+        self.world.hub.web_sessions = WebSessions()
+        self.world.add_user("bob")
+        self.assertEqual(self.admin.result("deleteuser", userid="bob"), "ok")
+        self.assertEqual(ended, ["user//bob"])
 
     def test_wssessioncount(self) -> None:
         """wssessioncount counts sessions per user, empty without 0x2."""
@@ -880,6 +895,21 @@ class EventTests(Base):
         reply = self.admin.reply("events", userid="user//pete")
         self.assertEqual([e["action"] for e in reply["events"]], ["accountcreate"])
 
+    def test_limited_events(self) -> None:
+        """With LIMITEVENTS on a group a user only hears its own doings there."""
+        mesh = self.world.add_mesh("g", self.admin_id)
+        n1 = self.world.add_node(mesh, "n1")
+        bob_id = self.world.add_user("bob")
+        self.world.link(bob_id, mesh, 0x2000 | 0x4)
+        bob = self.world.connect(bob_id)
+        self.admin.request("changedevice", nodeid=n1, name="by-admin")
+        self.assertEqual(bob.events(), [])
+        self.assertEqual(bob.result("changedevice", nodeid=n1, name="by-bob"), "ok")
+        self.assertEqual([e["node"]["name"] for e in bob.events()], ["by-bob"])
+        self.world.bus.publish([n1, "*", mesh], {"action": "nodeconnect", "nodeid": n1,
+                                                 "meshid": mesh, "conn": 1, "nolog": 1})
+        self.assertEqual(bob.events()[-1]["action"], "nodeconnect")
+
     def test_agent_connection_event_reaches_group_members(self) -> None:
         """A nodeconnect published by the agent manager reaches users of that group only."""
         mesh = self.world.add_mesh("g", self.admin_id)
@@ -927,6 +957,15 @@ class AuthTests(TestCase):
                          {"action": "close", "cause": "noauth", "msg": "noauth"})
         self.assertTrue(self.upgrade({"x-meshauth": "*"}).inner)
 
+    def test_foreign_origin_refused(self) -> None:
+        """A page of another site cannot use the user's cookie (Origin must match Host)."""
+        headers = {"host": "mesh.example.com", **self.meshauth("admin", "Adm1n!Pass")}
+        self.assertEqual(self.upgrade({**headers, "origin": "https://evil.example"}).close,
+                         {"action": "close", "cause": "invalidorigin", "msg": "invalidorigin"})
+        self.assertIsNotNone(self.upgrade({**headers,
+                                           "origin": "https://Mesh.Example.com"}).user)
+        self.assertIsNotNone(self.upgrade(headers).user)
+
     def test_query_password(self) -> None:
         """?user=&pass= logs in; a wrong one closes with noauth-2a."""
         self.assertIsNotNone(self.upgrade({}, {"user": ["admin"], "pass": ["Adm1n!Pass"]}).user)
@@ -958,6 +997,19 @@ class AuthTests(TestCase):
                                                         "12345678")).user)
         self.assertEqual(self.upgrade(self.meshauth("tfa", "secret password", "12345678")
                                       ).close["msg"], "tokenrequired")
+
+    def test_failed_logins_are_limited(self) -> None:
+        """Bad passwords count per address and account; then even the right one is refused."""
+        self.auth._limiter = FailureLimiter(3, 600, 600)
+        for _ in range(3):
+            self.assertEqual(self.upgrade(self.meshauth("admin", "wrong")).close["msg"],
+                             "noauth-2d")
+        self.assertEqual(self.upgrade(self.meshauth("admin", "Adm1n!Pass")).close,
+                         {"action": "close", "cause": "banned", "msg": "banned-1"})
+        self.assertEqual(self.upgrade(self.meshauth("admin", "Adm1n!Pass"),
+                                      peer="10.0.0.2").close["msg"], "banned-1")
+        self.world.clock.advance(601)
+        self.assertIsNotNone(self.upgrade(self.meshauth("admin", "Adm1n!Pass")).user)
 
     def test_totp_rfc6238_vector(self) -> None:
         """totp() matches RFC 6238's SHA-1 test vector (T=59 s)."""

@@ -1,6 +1,8 @@
 """Who is opening ``/control.ashx`` (spec control-protocol §2).
 
-Checked on the upgrade request, first match wins (§2.2):
+A browser page of another site must not ride on a user's cookie, so a request whose
+``Origin`` names another host than ``Host`` is refused first (``invalidorigin``);
+meshctrl and agents send no Origin.  Then, first match wins (§2.2):
 
 1. header ``x-meshauth: *`` → the client authenticates later with a ``userAuth``
    message (§2.6);
@@ -15,6 +17,10 @@ A failure is not an HTTP error: the WebSocket opens, the server sends
 ``{"action":"close","cause":…,"msg":…}`` and closes it, which is what clients show
 ("Invalid login." in meshctrl).  Names starting with ``~t:`` are login tokens (§2.5):
 application passwords that log in as their owner, without a second factor.
+
+Unlike MeshCentral 1.1.55, which counts bad passwords only on the login form, failed
+passwords and second factors here count against the same per-address and per-account
+limits (``settings.maxInvalidLogin``); a blocked client is closed with ``banned-1``.
 """
 
 from __future__ import annotations
@@ -27,14 +33,16 @@ import struct
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from meshd import passwords
-from meshd.accounts import MAX_NAME, MAX_PASSWORD, Accounts, is_locked
+from meshd.accounts import MAX_NAME, MAX_PASSWORD, Accounts, is_locked, user_id
 from meshd.control.cookies import LoginCookies
 from meshd.control.rights import SITERIGHT_NOMESHCMD, is_full_admin, site_rights
+from meshd.ratelimit import FailureLimiter
 from meshd.store.interface import Document, IStore
 
 RunBlocking = Callable[..., "Deferred[Any]"]
@@ -100,25 +108,28 @@ class Authenticator:
 
     def __init__(self, *, store: IStore, accounts: Accounts, web_sessions: Any,
                  cookies: LoginCookies, now: Callable[[], float],
-                 run_blocking: RunBlocking) -> None:
+                 run_blocking: RunBlocking, limiter: Optional[FailureLimiter] = None) -> None:
         self._store = store
         self._accounts = accounts
         self._web_sessions = web_sessions
         self._cookies = cookies
         self._now = now
         self._run_blocking = run_blocking
+        self._limiter = limiter
 
     async def upgrade(self, headers: dict[str, str], params: dict[str, list[str]],
                       peer: str = "") -> AuthResult:
+        origin = headers.get("origin")
+        if origin is not None and not _same_origin(origin, headers.get("host", "")):
+            return AuthResult(close=close_message("invalidorigin", cause="invalidorigin"))
         meshauth = headers.get("x-meshauth")
         if meshauth is not None and meshauth.strip() == "*":
             return AuthResult(inner=True)
         user_param, pass_param = params.get("user"), params.get("pass")
         if user_param and pass_param:
-            token = (params.get("token") or [None])[0]
-            result = await self.password(user_param[0], pass_param[0], token, "noauth-2a",
-                                         tools=True)
-            return result
+            token: Optional[str] = params["token"][0] if params.get("token") else None
+            return await self.password(user_param[0], pass_param[0], token, "noauth-2a",
+                                       tools=True, peer=peer)
         auth = params.get("auth")
         if auth:
             user = await self._cookie_user(auth[0], peer)
@@ -128,7 +139,7 @@ class Authenticator:
             parsed = parse_meshauth(meshauth)
             if parsed is None:
                 return AuthResult(close=close_message("noauth-2c"))
-            return await self.password(*parsed, failure="noauth-2d", tools=True)
+            return await self.password(*parsed, failure="noauth-2d", tools=True, peer=peer)
         cookie = _cookie(headers.get("cookie"), "xid")
         if cookie and self._web_sessions is not None:
             record = await self._web_sessions.lookup(cookie)
@@ -139,10 +150,18 @@ class Authenticator:
         return AuthResult(close=close_message("noauth"))
 
     async def password(self, name: Any, password: Any, token: Any, failure: str,
-                       tools: bool = False) -> AuthResult:
+                       tools: bool = False, peer: str = "") -> AuthResult:
         """A name and password (or login token); ``failure`` is the close ``msg``."""
         if not isinstance(name, str) or not isinstance(password, str):
             return AuthResult(close=close_message(failure))
+        keys = ["ip:" + peer, "user:" + (name if name.startswith(TOKEN_PREFIX)
+                                         else user_id(name))]
+        now = self._now()
+        if self._limiter is not None and any(self._limiter.blocked_for(key, now) > 0
+                                             for key in keys):
+            self._log.warn("control channel login refused for {name} from {peer}: too many "
+                           "failures", name=name[:64], peer=peer)
+            return AuthResult(close=close_message("banned-1", cause="banned"))
         login_token = None
         if name.startswith(TOKEN_PREFIX):
             user = await self._token_user(name, password)
@@ -150,13 +169,26 @@ class Authenticator:
         else:
             user = await self._accounts.authenticate(name, password)
         if user is None:
+            self._failed(keys)
             return AuthResult(close=close_message(failure))
         if login_token is None and has_second_factor(user):
-            if token is None or not await self._check_second_factor(user, str(token)):
+            if token is None:
                 return AuthResult(close=token_required())
+            if not await self._check_second_factor(user, str(token)):
+                self._failed(keys)
+                return AuthResult(close=token_required())
+        if self._limiter is not None:
+            for key in keys:
+                self._limiter.success(key)
         if tools and not is_full_admin(user) and site_rights(user) & SITERIGHT_NOMESHCMD:
             return AuthResult(close=close_message("notools", cause="notools"))
         return AuthResult(user=user, method="password", login_token=login_token)
+
+    def _failed(self, keys: list[str]) -> None:
+        if self._limiter is not None:
+            now = self._now()
+            for key in keys:
+                self._limiter.failure(key, now)
 
     async def _token_user(self, name: str, password: str) -> Optional[Document]:
         if len(name) > MAX_NAME or len(password) > MAX_PASSWORD:
@@ -218,6 +250,11 @@ class Authenticator:
         if user is None or is_locked(user):
             return None
         return user
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    netloc = urlsplit(origin.strip()).netloc.lower()
+    return bool(netloc) and netloc == host.strip().lower()
 
 
 def _cookie(header: Optional[str], name: str) -> Optional[str]:

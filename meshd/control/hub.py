@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from meshd.control.session import ControlSession
 
 INTERNAL = "meshd.internal"
+MAX_MESSAGE = 4 * 1024 * 1024  # largest frame a client may send (runcommands scripts fit)
 RunBlocking = Callable[..., "Deferred[Any]"]
 
 
@@ -42,8 +43,8 @@ class ControlHub:
                  server_info: Callable[[], dict[str, Any]],
                  agents: Any = None, web_sessions: Any = None,
                  public_url: Optional[Callable[[], str]] = None,
-                 random: Callable[[int], bytes] = os.urandom,
-                 max_message: int = 4 * 1024 * 1024) -> None:
+                 random: Callable[[int], bytes] = os.urandom, limiter: Any = None,
+                 max_message: int = MAX_MESSAGE) -> None:
         self.store = store
         self.bus = bus
         self.presence = presence
@@ -55,12 +56,13 @@ class ControlHub:
         self.random = random
         self.max_message = max_message
         self.public_url = public_url or (lambda: "https://localhost")
+        self.web_sessions = web_sessions
         self.cookies = LoginCookies(store, clock.seconds, random)
         self.invite_cookies = LoginCookies(store, clock.seconds, random,
                                            key_id="InvitationLinkEncryptionKey")
         self.auth = Authenticator(store=store, accounts=accounts, web_sessions=web_sessions,
                                   cookies=self.cookies, now=clock.seconds,
-                                  run_blocking=run_blocking)
+                                  run_blocking=run_blocking, limiter=limiter)
         self.sessions: dict[str, "ControlSession"] = {}
 
     def now(self) -> float:
@@ -120,8 +122,11 @@ class ControlHub:
         self.bus.publish([user_id], {INTERNAL: "resubscribe", "userid": user_id})
 
     def close_user(self, user_id: str) -> None:
-        """Close every session of a user (removed or locked account)."""
+        """Close every session of a user (removed or locked account), web sessions too."""
         self.bus.publish([user_id], {INTERNAL: "close", "userid": user_id})
+        if self.web_sessions is not None:
+            d = Deferred.fromCoroutine(self.web_sessions.destroy_user(user_id))
+            d.addErrback(self._store_failed, "close web sessions")
 
     # -- agents -----------------------------------------------------------------------
 

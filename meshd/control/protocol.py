@@ -52,11 +52,11 @@ class ControlProtocol(WebSocketServerProtocol):
         hub: ControlHub = self.factory.hub
         return hub
 
-    def onConnect(self, request: ConnectionRequest) -> "Deferred[None]":
+    def onConnect(self, request: ConnectionRequest) -> "Deferred[None]":  # type: ignore[override]
         self._peer = _peer_host(request.peer)
         headers = {str(k).lower(): str(v) for k, v in request.headers.items()}
-        d = Deferred.fromCoroutine(self.hub.auth.upgrade(headers, request.params or {},
-                                                         self._peer))
+        d: Deferred[Any] = Deferred.fromCoroutine(
+            self.hub.auth.upgrade(headers, request.params or {}, self._peer))
 
         def done(result: AuthResult) -> None:
             self._auth = result
@@ -121,7 +121,8 @@ class ControlProtocol(WebSocketServerProtocol):
             return self._refuse(close_message("noauth-2c"))
         token = command.get("token")
         self._authenticating = True
-        d = Deferred.fromCoroutine(self.hub.auth.password(name, password, token, "noauth-2c"))
+        d = Deferred.fromCoroutine(self.hub.auth.password(name, password, token, "noauth-2c",
+                                                          peer=self._peer))
 
         def done(result: AuthResult) -> None:
             self._authenticating = False
@@ -169,7 +170,7 @@ def control_resource(hub: ControlHub, reactor: Any) -> WebSocketResource:
     """The ``/control.ashx`` resource."""
     factory = WebSocketServerFactory(reactor=reactor)
     factory.protocol = ControlProtocol
-    factory.hub = hub
+    factory.hub = hub  # type: ignore[attr-defined]
     factory.setProtocolOptions(
         maxMessagePayloadSize=hub.max_message, maxFramePayloadSize=hub.max_message,
         autoPingInterval=60, autoPingTimeout=30, openHandshakeTimeout=30,

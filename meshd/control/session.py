@@ -29,7 +29,14 @@ from twisted.logger import Logger
 
 from meshd.accounts import is_locked
 from meshd.control.hub import INTERNAL, ControlHub
-from meshd.control.rights import Access, is_full_admin, subscription_ids
+from meshd.control.rights import (
+    MESHRIGHT_ADMIN,
+    MESHRIGHT_LIMITEVENTS,
+    Access,
+    is_full_admin,
+    link_rights,
+    subscription_ids,
+)
 from meshd.control.views import dumps, safe_user
 from meshd.events import Subscription
 from meshd.store.interface import Document, StoreUnavailable
@@ -242,9 +249,22 @@ class ControlSession:
         if event.get("action") == "agentmsg":
             self._on_agent_message(event)
             return
-        if event.get("domain", "") != "":
+        if event.get("domain", "") != "" or self._limited(event):
             return
         self.send({"action": "event", "event": event})
+
+    def _limited(self, event: dict[str, Any]) -> bool:
+        """LIMITEVENTS on a group: of the group's events done by users, only this user's
+        own get through (connection changes, done by nobody, do)."""
+        node = event.get("node")
+        mesh_id = event.get("meshid") or (node.get("meshid") if isinstance(node, dict)
+                                          else None)
+        if not isinstance(mesh_id, str):
+            return False
+        rights = link_rights(self.user.get("links"), mesh_id)
+        if not rights & MESHRIGHT_LIMITEVENTS or rights == MESHRIGHT_ADMIN:
+            return False
+        return "userid" in event and event["userid"] != self.user_id
 
     def _on_signal(self, signal: str) -> None:
         if signal == "close":

@@ -23,6 +23,7 @@ from meshd.control.actions._util import (
     full_id,
     get_mesh,
     in_domain,
+    links_of,
     mesh_by_name,
     node_with_rights,
     valid_int,
@@ -378,8 +379,7 @@ async def removedevices(call: Call) -> None:
         if node is None or not rights & MESHRIGHT_UNINSTALL:
             call.result("Denied")
             continue
-        links = node.get("links") if isinstance(node.get("links"), dict) else {}
-        for member_id in list(links):
+        for member_id in list(links_of(node)):
             member = await call.store.get(member_id)
             if member is None or not isinstance(member.get("links"), dict) \
                     or node_id not in member["links"]:
@@ -650,6 +650,7 @@ async def msg(call: Call) -> None:
                             "username": call.user.get("name"), "userid": call.user_id,
                             "realname": call.user.get("realname"),
                             "remoteaddr": call.session.peer})
+            message = {k: v for k, v in message.items() if v is not None}
             call.session.watch_agent(node["_id"])
             routed = call.hub.send_to_agent(node["_id"], message)
     if call.responseid is not None:

@@ -35,7 +35,7 @@ def _tag(call: Call) -> dict[str, Any]:
 
 
 async def events(call: Call) -> None:
-    """``{userid? | nodeid?, limit?, filter?}`` → ``{action:"events", events:[…], …, tag}``."""
+    """``{userid? | nodeid?, limit?, filter?}`` → ``{action:"events", events:[…], tag}``."""
     cmd = call.command
     action: Optional[str] = cmd.get("filter") if cmd.get("filter") in FILTERS else None
     limit = cmd["limit"] if valid_int(cmd.get("limit"), 1, MAX_LIMIT) else None

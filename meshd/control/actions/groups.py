@@ -20,6 +20,7 @@ from meshd.control.actions._util import (
     full_id,
     get_mesh,
     in_domain,
+    links_of,
     mesh_by_name,
     short_id,
     valid_int,
@@ -137,8 +138,7 @@ async def deletemesh(call: Call) -> None:
         "etype": "mesh", **call.actor(), "mtype": mesh.get("mtype"), "meshid": mesh_id,
         "name": name, "action": "deletemesh", "msgid": 77, "msgArgs": [name],
         "msg": f"Device group deleted: {name}"})
-    links = mesh.get("links") if isinstance(mesh.get("links"), dict) else {}
-    for member_id in list(links):
+    for member_id in list(links_of(mesh)):
         member = await call.store.get(member_id)
         if member is None or not isinstance(member.get("links"), dict) \
                 or mesh_id not in member["links"]:
@@ -354,15 +354,16 @@ async def removemeshuser(call: Call) -> None:
     cmd = call.command
     access = await call.access()
     mesh_id, error = await _resolve(call, access)
-    member_id = cmd.get("userid")
+    raw_member = cmd.get("userid")
+    member_id = ""
     mesh: Optional[Document] = None
     if error is None:
-        if not valid_str(member_id, 1, 1024):
+        if not valid_str(raw_member, 1, 1024):
             error = "Invalid userid"
         elif not valid_str(mesh_id, 8, 134):
             error = "Invalid groupid"
         else:
-            member_id = full_id("user", member_id)
+            member_id = full_id("user", raw_member)
             if member_id == call.user_id:
                 error = "Can't remove self"
             elif not in_domain(member_id):
@@ -402,7 +403,7 @@ async def removemeshuser(call: Call) -> None:
                 "action": "usergroupchange", "links": member["links"], "msgid": 79,
                 "msgArgs": [member.get("name")],
                 "msg": f"User group changed: {member.get('name')}"})
-    mesh_links = mesh.get("links") if isinstance(mesh.get("links"), dict) else {}
+    mesh_links = links_of(mesh)
     if member_id not in mesh_links:
         return call.result("User not in group")
     del mesh_links[member_id]

@@ -12,7 +12,7 @@ import random
 from typing import Any
 
 from meshd.agent.identity import encode_id
-from meshd.control.actions._util import DOMAIN, in_domain, valid_str, valid_str_list
+from meshd.control.actions._util import DOMAIN, in_domain, links_of, valid_str, valid_str_list
 from meshd.control.hub import mesh_targets, node_targets
 from meshd.control.rights import SITERIGHT_USERGROUPS, has_site_right
 from meshd.control.session import Call
@@ -83,8 +83,7 @@ async def deleteusergroup(call: Call) -> None:
     if group is None:
         return call.result("Unknown device group")  # sic, MeshCentral's text
     ugrp_id = group["_id"]
-    links = group.get("links") if isinstance(group.get("links"), dict) else {}
-    for key in list(links):
+    for key in list(links_of(group)):
         linked = await call.store.get(key)
         if linked is None or not isinstance(linked.get("links"), dict) \
                 or ugrp_id not in linked["links"]:

@@ -17,6 +17,7 @@ from meshd.control.actions._util import (
     DOMAIN,
     full_id,
     in_domain,
+    links_of,
     valid_email,
     valid_int,
     valid_str,
@@ -79,13 +80,16 @@ async def adduser(call: Call) -> None:
         cmd["pass"] = base64.b64encode(call.hub.random(12)).decode("ascii")
     if not _manages_users(user):
         return fail("Permission denied", 1)
-    name = cmd.get("username")
+    name, password = cmd.get("username"), cmd.get("pass")
     try:
+        if not isinstance(name, str):
+            raise AccountError("not a name")
         check_name(name)
     except AccountError:
         return fail("Invalid username", 2)
-    password = cmd.get("pass")
     try:
+        if not isinstance(password, str):
+            raise AccountError("not a password")
         check_password(password)
     except AccountError:
         return fail("Invalid password", 3)
@@ -257,8 +261,7 @@ async def deleteuser(call: Call) -> None:
         if await _full_admin_count(call) <= 1:
             return call.result(LAST_ADMIN_REMOVE)
     name = target.get("name", "")
-    links = target.get("links") if isinstance(target.get("links"), dict) else {}
-    for key in list(links):
+    for key in list(links_of(target)):
         linked = await call.store.get(key)
         if linked is None or not isinstance(linked.get("links"), dict) \
                 or target_id not in linked["links"]:
