@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from typing import Any
 
 from twisted.internet import reactor
@@ -85,3 +87,66 @@ class PythonAgentTests(TestCase):
         self.assertTrue(await eventually(reconnected, 60), agent_log())
         # The second connection found its core current: no second push.
         self.assertEqual(server.log().count("pushing core python"), 1)
+
+
+class PythonAgentCommandTests(TestCase):
+    timeout = 180
+
+    async def test_runcommand_through_meshctrl(self) -> None:
+        """meshctrl's runcommand reaches the Python agent through meshd; --reply returns output."""
+        import json
+        import time as _time
+
+        from tests.meshctrl import MeshCtrl, meshctrl_script
+        from tests.test_login import admin
+
+        meshctrl_script()
+        datapath = fresh_datapath()
+        server = ServerProcess(datapath).start()
+        self.addCleanup(server.stop)
+        password = "Agent-Cmd-Pass-1"
+        self.assertEqual(admin(datapath, "createaccount", "admin", "--pass", password,
+                               "--siteadmin").returncode, 0)
+        ctl = MeshCtrl(server.port, "admin", password, cwd=tempfile.mkdtemp())
+        out = ctl.run("adddevicegroup", "--name", "python-agents").strip()
+        self.assertTrue(out.startswith("ok mesh//"), out)
+        mesh_id = out.split(" ", 1)[1]
+
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port,
+                                           context=server.ssl_context(), timeout=10)
+        conn.request("GET", "/meshsettings?id=" + urllib.parse.quote(mesh_id.split("/")[2]))
+        msh = conn.getresponse().read()
+        conn.close()
+        folder = tempfile.mkdtemp(prefix="pyagent-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        with open(os.path.join(folder, "meshagent.msh"), "wb") as f:
+            f.write(msh)
+        log = open(os.path.join(folder, "agent.log"), "ab")
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "agentsrc", "--msh", os.path.join(folder, "meshagent.msh"),
+             "--fastkey"], cwd=ROOT, env=server_env(), stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL)
+        log.close()
+
+        def stop() -> None:
+            if agent.poll() is None:
+                agent.send_signal(signal.SIGTERM)
+                agent.wait(10)
+
+        self.addCleanup(stop)
+        node = None
+        deadline = _time.monotonic() + 60
+        while node is None and _time.monotonic() < deadline:
+            try:
+                nodes = json.loads(ctl.run("listdevices", "--id", mesh_id, "--json"))
+            except ValueError:
+                nodes = []
+            ready = [n for n in nodes if n.get("conn", 0) & 1 and n.get("agent", {}).get("core")]
+            node = ready[0] if ready else None
+            if node is None:
+                _time.sleep(0.5)
+        self.assertIsNotNone(node, server.log()[-3000:])
+        assert node is not None
+        out = ctl.run("runcommand", "--id", node["_id"], "--run", "echo py-$((6*7))", "--reply",
+                      timeout=60)
+        self.assertEqual(out.strip(), "py-42")
