@@ -31,6 +31,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 import meshd
@@ -420,6 +421,29 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
         core_provider=CoreChooser(python_core(), meshcentral_cores),
         max_devices=settings.max_devices)
     root.agents = agents
+
+    def agent_paths(domain: str, manager: AgentManager) -> dict[bytes, Any]:
+        """What agents and their installers use, for one domain."""
+        downloads = dict(store=store, server_id=certificates.agent.public_key_sha384,
+                         port=settings.port, default_host=settings.cert, domain=domain)
+        return {b"agent.ashx": agent_resource(manager, reactor),
+                b"meshsettings": MeshSettingsResource(**downloads),  # type: ignore[arg-type]
+                b"meshagents": mesh_agents_resource(**downloads)}  # type: ignore[arg-type]
+
+    # Other domains serve the same under /<domain>/ (MeshCentral's layout).
+    domain_folders: dict[bytes, Any] = {}
+    for domain_name in config.domains:
+        if not domain_name:
+            continue
+        folder = Resource()
+        for path, resource in agent_paths(domain_name, AgentManager(
+                store=store, presence=presence, bus=bus, clock=reactor,
+                agent_cert=certificates.agent.cert, agent_key=certificates.agent.key,
+                tls_hashes=accepted_tls_hashes, run_crypto=workers.run,
+                core_provider=agents.core_provider, max_devices=settings.max_devices,
+                domain=domain_name)).items():
+            folder.putChild(path, resource)
+        domain_folders[domain_name.encode("utf-8")] = folder
     mps = MpsServerFactory(store, presence, bus, reactor, server_id=agents.server_id,
                            mps_pass=settings.mps_pass, max_devices=settings.max_devices,
                            now=reactor.seconds)
@@ -430,20 +454,14 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
                            title=config.default_domain.title, listeners=root.listeners,
                            auth=auth, status={"mps": mps.stats_dict,
                                               "agents": lambda: dict(agents.stats)}, extra={
-                               b"agent.ashx": agent_resource(agents, reactor),
+                               **agent_paths("", agents), **domain_folders,
                                b"control.ashx": control_resource(control_hub(
                                    settings=settings, certificates=certificates,
                                    web_hash=lambda: root.web_certificate_hash, store=store,
                                    bus=bus, presence=presence, agents=agents,
                                    accounts=auth.accounts, web_sessions=sessions,
                                    limiter=auth.limiter, run_blocking=workers.run,
-                                   clock=reactor), reactor),
-                               b"meshsettings": MeshSettingsResource(
-                                   store, server_id=certificates.agent.public_key_sha384,
-                                   port=settings.port, default_host=settings.cert),
-                               b"meshagents": mesh_agents_resource(
-                                   store, server_id=certificates.agent.public_key_sha384,
-                                   port=settings.port, default_host=settings.cert)}),
+                                   clock=reactor), reactor)}),
                 logFormatter=access_log_line)
     site.displayTracebacks = False
     ListenerService(ListenerSpec("https", "--port", settings.port, web_context is not None),

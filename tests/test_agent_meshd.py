@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
+from meshd.agent import identity
 from meshd.store.sqlite import SQLiteStore
 from tests.server import ROOT, ServerProcess, agent_group, fresh_datapath, server_env
 from tests.test_meshagent import eventually
@@ -150,3 +151,50 @@ class PythonAgentCommandTests(TestCase):
         out = ctl.run("runcommand", "--id", node["_id"], "--run", "echo py-$((6*7))", "--reply",
                       timeout=60)
         self.assertEqual(out.strip(), "py-42")
+
+
+class DomainAgentTests(TestCase):
+    timeout = 120
+
+    async def test_agent_in_other_domain(self) -> None:
+        """A group of another domain installs from /<domain>/meshsettings and its agent
+        connects to /<domain>/agent.ashx, recorded under that domain."""
+        import json
+
+        datapath = fresh_datapath()
+        with open(datapath + ".json", "w") as f:
+            json.dump({"domains": {"": {}, "customer1": {"title": "Customer 1"}}}, f)
+        server = ServerProcess(datapath, ["--config", datapath + ".json"]).start()
+        self.addCleanup(server.stop)
+        store = SQLiteStore(datapath, reactor)
+        await store.open()
+        self.addCleanup(store.close)
+        raw = os.urandom(48)
+        mesh_id = identity.mesh_id_to_str(raw)
+        mesh_key = identity.mesh_key(mesh_id, "customer1")
+        await store.set({"_id": mesh_key, "type": "mesh", "mtype": 2, "name": "c1",
+                         "domain": "customer1"})
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port,
+                                           context=server.ssl_context(), timeout=10)
+        conn.request("GET", "/customer1/meshsettings?id=" + urllib.parse.quote(mesh_id))
+        msh = conn.getresponse().read()
+        conn.close()
+        self.assertIn("/customer1/agent.ashx\r\n".encode(), msh)
+        folder = tempfile.mkdtemp(prefix="pyagent-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        with open(os.path.join(folder, "meshagent.msh"), "wb") as f:
+            f.write(msh)
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "agentsrc", "--msh", os.path.join(folder, "meshagent.msh"),
+             "--fastkey"], cwd=ROOT, env=server_env(), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        self.addCleanup(lambda: (agent.terminate(), agent.wait(10)))
+
+        async def online() -> Any:
+            nodes = await store.find_nodes_by_mesh([mesh_key])
+            return nodes[0] if nodes else None
+
+        node = await eventually(online, 60)
+        self.assertTrue(node, server.log()[-3000:])
+        self.assertTrue(node["_id"].startswith("node/customer1/"))
+        self.assertEqual(node["domain"], "customer1")

@@ -47,7 +47,7 @@ class AgentManager:
                  agent_cert: Any, agent_key: Any, tls_hashes: Callable[[], Collection[bytes]],
                  run_crypto: Callable[..., "Deferred[Any]"], server_id: str = "local",
                  core_provider: Optional[CoreProvider] = None,
-                 max_devices: Optional[int] = None) -> None:
+                 max_devices: Optional[int] = None, domain: str = "") -> None:
         self.store = store
         self.presence = presence
         self.bus = bus
@@ -59,6 +59,7 @@ class AgentManager:
         self.server_id = server_id
         self.core_provider = core_provider
         self.max_devices = max_devices
+        self.domain = domain  # MeshCentral domain: "" is the default one
         self.stats = {"connections": 0, "authenticated": 0, "refused": 0, "replaced": 0}
 
     def core_for(self, info: AgentInfo) -> Optional[Core]:
@@ -87,19 +88,19 @@ class AgentManager:
         if created:
             self._write(publish_and_store(self.bus, self.store, targets, {
                 "etype": "node", "action": "addnode", "node": node, "nodeid": node["_id"],
-                "domain": "", "msgid": 84, "msg": f"Added device {node.get('name')} to group"},
+                "domain": self.domain, "msgid": 84, "msg": f"Added device {node.get('name')} to group"},
                 self.clock.seconds))
         self.bus.publish(targets, {"action": "nodeconnect", "meshid": mesh,
                                    "nodeid": session.node_key,
                                    "conn": self.presence.state(session.node_key), "pwr": 1,
-                                   "ct": int(now * 1000), "nolog": 1, "domain": ""})
+                                   "ct": int(now * 1000), "nolog": 1, "domain": self.domain})
         self._write(self.store.store_power_event({
             "time": datetime.fromtimestamp(now, timezone.utc), "nodeid": session.node_key,
             "power": 1}))
         self._write(self.store.set({"_id": "lc" + session.node_key, "type": "lastconnect",
                                     "nodeid": session.node_key, "meshid": mesh,
                                     "time": int(now * 1000), "addr": session.peer,
-                                    "domain": ""}))
+                                    "domain": self.domain}))
 
     def disconnected(self, session: AgentSession) -> None:
         connection = session.connection
@@ -113,7 +114,7 @@ class AgentManager:
         targets = [node_key, "*", session.mesh_key or ""]
         self.bus.publish(targets, {"action": "nodeconnect", "meshid": session.mesh_key,
                                    "nodeid": node_key, "conn": conn, "pwr": 1 if conn else 0,
-                                   "nolog": 1, "domain": ""})
+                                   "nolog": 1, "domain": self.domain})
         self._write(self.store.store_power_event({
             "time": datetime.fromtimestamp(now, timezone.utc), "nodeid": node_key,
             "power": 0}))
@@ -121,7 +122,7 @@ class AgentManager:
             # A temporary agent (``meshagent connect``) leaves no device behind.
             self._write(self.store.remove(node_key))
             self.bus.publish(targets, {"etype": "node", "action": "removenode",
-                                       "nodeid": node_key, "domain": "", "nolog": 1})
+                                       "nodeid": node_key, "domain": self.domain, "nolog": 1})
 
     # -- data from agents -----------------------------------------------------------------
 
@@ -149,7 +150,7 @@ class AgentManager:
         if session.node_key is None:
             return
         record = {"_id": prefix + session.node_key, "type": {"if": "ifinfo", "si": "sysinfo"}
-                  .get(prefix, prefix), "nodeid": session.node_key, "domain": "",
+                  .get(prefix, prefix), "nodeid": session.node_key, "domain": self.domain,
                   "updateTime": int(self.clock.seconds() * 1000), **fields}
         self._write(self.store.set(record))
 

@@ -171,14 +171,14 @@ class AgentSession:
         manager = self._manager
         info = auth.agent_info
         mesh_id = identity.mesh_id_from_agent_info(info.mesh_id)
-        mesh_key = identity.mesh_key(mesh_id)
+        mesh_key = identity.mesh_key(mesh_id, manager.domain)
         mesh = await manager.store.get(mesh_key)
         if self._closed:
             return
         if mesh is None or mesh.get("mtype") != 2 or mesh.get("deleted"):
             self._handle(self._handshake.reject(f"unknown device group {mesh_key}"))
             return
-        node_key = identity.node_key(auth.node_id)
+        node_key = identity.node_key(auth.node_id, manager.domain)
         node = await manager.store.get(node_key)
         if self._closed:
             return
@@ -190,7 +190,7 @@ class AgentSession:
                 self._handle(self._handshake.reject("device limit reached"))
                 return
             node = {"_id": node_key, "type": "node", "mtype": 2, "meshid": mesh_key,
-                    "domain": "", "name": name, "rname": info.hostname,
+                    "domain": manager.domain, "name": name, "rname": info.hostname,
                     "icon": int(info.platform), "host": None}
             created = True
         else:

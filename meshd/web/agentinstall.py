@@ -39,19 +39,21 @@ class MeshSettingsResource(Resource):
     isLeaf = True
 
     def __init__(self, store: IStore, *, server_id: Callable[[], str], port: int,
-                 default_host: str) -> None:
+                 default_host: str, domain: str = "") -> None:
         super().__init__()
         self._store = store
         self._server_id = server_id
         self._port = port
         self._default_host = default_host
+        self._domain = domain
 
     def server_url(self, request: Request) -> str:
         host = request.getHeader(b"host") or b""
         if not host or not _valid_host(host):
             host = self._default_host.encode("idna")
         name = _host_without_port(host).decode("ascii")
-        return f"wss://{name}:{self._port}/agent.ashx"
+        path = f"{self._domain}/agent.ashx" if self._domain else "agent.ashx"
+        return f"wss://{name}:{self._port}/{path}"
 
     def render_GET(self, request: Request) -> object:
         return render_async(request, lambda: self._render(request))
@@ -75,7 +77,7 @@ class MeshSettingsResource(Resource):
             raw = identity.mesh_id_from_str(mesh_id)
         except ValueError:
             raw = b""
-        mesh = await self._store.get(identity.mesh_key(mesh_id)) if raw else None
+        mesh = await self._store.get(identity.mesh_key(mesh_id, self._domain)) if raw else None
         if mesh is None or mesh.get("type") != "mesh" or mesh.get("deleted"):
             return None
         return mesh, raw
@@ -91,7 +93,8 @@ class InstallScriptResource(MeshSettingsResource):
             return b"Unknown device group.\n"
         mesh, raw = found
         msh = msh_text(mesh, raw, self._server_id(), self.server_url(request))
-        web = self.server_url(request).replace("wss://", "https://", 1).rsplit("/", 1)[0]
+        url = self.server_url(request).replace("wss://", "https://", 1)
+        web = url[:url.index("/", len("https://"))]
         script = install_script(server_url=web, msh=msh.replace("\r\n", "\n").strip(),
                                 group_name=str(mesh.get("name", "")))
         request.setHeader(b"Content-Type", b"text/x-shellscript; charset=utf-8")
@@ -110,10 +113,10 @@ class AgentPackageResource(Resource):
 
 
 def mesh_agents_resource(store: IStore, *, server_id: Callable[[], str], port: int,
-                         default_host: str) -> Resource:
+                         default_host: str, domain: str = "") -> Resource:
     """``/meshagents/``: the install script and the agent package."""
     folder = Resource()
     folder.putChild(b"install.sh", InstallScriptResource(
-        store, server_id=server_id, port=port, default_host=default_host))
+        store, server_id=server_id, port=port, default_host=default_host, domain=domain))
     folder.putChild(b"meshd-agent.tar.gz", AgentPackageResource())
     return folder
