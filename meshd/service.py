@@ -243,6 +243,11 @@ class MeshdService(MultiService):
         self.web_certificate_hash = certificates.web.sha384()
         # The HTTPS context, swapped in place when the certificate is renewed.
         self.web_context: Optional[tls.ReloadableContextFactory] = None
+        # Shared mechanisms and protocol servers, set by make_service.
+        self.bus: Any = None
+        self.presence: Any = None
+        self.agents: Any = None
+        self.mps: Any = None
 
     def listeners(self) -> list[dict[str, Any]]:
         return [svc.info() for svc in self if isinstance(svc, ListenerService)]
@@ -414,12 +419,16 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
             meshcentral_cores = MeshCentralCores(settings.agent_core_dir)
         except ValueError as e:
             raise StartupError(str(e)) from None
-    agents = AgentManager(
-        store=store, presence=presence, bus=bus, clock=reactor,
-        agent_cert=certificates.agent.cert, agent_key=certificates.agent.key,
-        tls_hashes=accepted_tls_hashes, run_crypto=workers.run,
-        core_provider=CoreChooser(python_core(), meshcentral_cores),
-        max_devices=settings.max_devices)
+    cores = CoreChooser(python_core(), meshcentral_cores)
+
+    def agent_manager(domain: str) -> AgentManager:
+        return AgentManager(
+            store=store, presence=presence, bus=bus, clock=reactor,
+            agent_cert=certificates.agent.cert, agent_key=certificates.agent.key,
+            tls_hashes=accepted_tls_hashes, run_crypto=workers.run, core_provider=cores,
+            max_devices=settings.max_devices, domain=domain)
+
+    agents = agent_manager("")
     root.agents = agents
 
     def agent_paths(domain: str, manager: AgentManager) -> dict[bytes, Any]:
@@ -436,12 +445,7 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
         if not domain_name:
             continue
         folder = Resource()
-        for path, resource in agent_paths(domain_name, AgentManager(
-                store=store, presence=presence, bus=bus, clock=reactor,
-                agent_cert=certificates.agent.cert, agent_key=certificates.agent.key,
-                tls_hashes=accepted_tls_hashes, run_crypto=workers.run,
-                core_provider=agents.core_provider, max_devices=settings.max_devices,
-                domain=domain_name)).items():
+        for path, resource in agent_paths(domain_name, agent_manager(domain_name)).items():
             folder.putChild(path, resource)
         domain_folders[domain_name.encode("utf-8")] = folder
     mps = MpsServerFactory(store, presence, bus, reactor, server_id=agents.server_id,
