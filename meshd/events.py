@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
@@ -89,11 +89,14 @@ class LocalEventBus:
 
 
 def publish_and_store(bus: IEventBus, store: Optional[IStore], targets: list[str],
-                      event: Event, now: Callable[[], float]) -> "Deferred[None] | None":
-    """Publish an event and, unless it is ``nolog``, append it to the store's audit trail."""
+                      event: Event, now: Callable[[], float]) -> "Deferred[None]":
+    """Publish an event and, unless it is ``nolog``, append it to the store's audit trail.
+
+    The Deferred fires when the event is stored (at once for ``nolog`` events).
+    """
     bus.publish(targets, event)
     if store is None or event.get("nolog"):
-        return None
+        return succeed(None)
     record = {k: v for k, v in event.items() if k != "node"}
     record["ids"] = list(targets)
     record.setdefault("domain", "")

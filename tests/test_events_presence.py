@@ -55,8 +55,8 @@ class EventBusTests(TestCase):
         bus = LocalEventBus()
         await publish_and_store(bus, store, ["*", "node//n"], {"action": "a", "nodeid": "node//n",
                                                                "node": {"big": 1}}, lambda: 100.0)
-        self.assertIsNone(publish_and_store(bus, store, ["*"], {"action": "b", "nolog": 1},
-                                            lambda: 100.0))
+        self.assertIsNone(self.successResultOf(
+            publish_and_store(bus, store, ["*"], {"action": "b", "nolog": 1}, lambda: 100.0)))
         [event] = await store.get_events(["*"], "")
         self.assertEqual(event["action"], "a")
         self.assertEqual(event["ids"], ["*", "node//n"])
