@@ -106,7 +106,3 @@ def links_of(doc: Optional[Document]) -> dict[str, Any]:
     """The ``links`` of a record (empty when absent or malformed)."""
     links = doc.get("links") if doc is not None else None
     return links if isinstance(links, dict) else {}
-
-
-def users_in(links: Any) -> list[str]:
-    return [key for key in links if key.startswith("user/")] if isinstance(links, dict) else []
