@@ -399,6 +399,8 @@ class AgentService(Service):
             agent_version=agentsrc.__version__,
             tag=self.settings.tag,
             no_update_core_module=self.settings.no_update_core_module,
+            tls_hashes=tuple(h.hex() for h in [
+                self.state.trusted_tls_hash(self.settings.server_id)] if h),
         )
         return self.session
 

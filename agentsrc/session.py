@@ -78,6 +78,9 @@ class CoreContext:
     server_url: str
     agent_version: str
     core_hash: Optional[str]
+    # Hex SHA-384 of the server's TLS certificate as pinned on the control channel: the
+    # relay (same server) is trusted with it too.
+    tls_hashes: tuple[str, ...] = ()
 
 
 class CoreLibrary:
@@ -136,6 +139,7 @@ class AgentSession:
         agent_version: str,
         tag: str = "",
         no_update_core_module: bool = False,
+        tls_hashes: tuple[str, ...] = (),
     ) -> None:
         """
         :param send: ``send(frame, text)`` — one WebSocket message (text for JSON).
@@ -152,6 +156,7 @@ class AgentSession:
         self._agent_version = agent_version
         self._tag = tag
         self._no_update = no_update_core_module
+        self._tls_hashes = tls_hashes
         self._core: Any = None
         self._core_hash: Optional[bytes] = None  # hash of the running pushed core
         self._pending: Optional[tuple[bytes, bytes]] = None  # stored core waiting for S 16
@@ -348,6 +353,7 @@ class AgentSession:
             server_url=self._server_url,
             agent_version=self._agent_version,
             core_hash=digest.hex() if digest is not None else None,
+            tls_hashes=self._tls_hashes,
         )
 
     def _send_json(self, message: dict[str, Any]) -> None:

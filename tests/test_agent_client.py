@@ -726,7 +726,7 @@ class SessionTests(unittest.TestCase):
         [info] = connection.json()
         self.assertEqual(info["action"], "coreinfo")
         self.assertEqual(info["value"], "Python core 0.1.0 (built-in)")
-        self.assertEqual(info["caps"], 8)
+        self.assertEqual(info["caps"], 8 | 2)  # console and terminal
         self.assertIn("osdesc", info)
         self.clock.advance(NETINFO_DELAY)
         netinfo = connection.json()[-1]

@@ -2,14 +2,14 @@
 
 Sent by the core on its own (agent → server, spec §5.1):
 
-* at start: ``{"action":"coreinfo","value":"Python core <v>[, <hash8>]","caps":8,
+* at start: ``{"action":"coreinfo","value":"Python core <v>[, <hash8>]","caps":10,
   "osdesc":"<OS>","root":<bool>}``;
 * :data:`NETINFO_DELAY` s after start, then whenever it changes (checked every
   :data:`NETINFO_INTERVAL` s): ``{"action":"netinfo","netif2":{…}}``.
 
 Handled (server → agent, dispatched by :data:`Core._actions`; each handler's docstring shows the
 message): ``ping``, ``pong``, ``serverInfo``, ``sysinfo``, ``runcommands``, ``msg`` with type
-``console``. Anything else is logged at debug level and ignored, like the real core.
+``console`` and ``tunnel`` (relay sessions: :mod:`.tunnel`). Anything else is logged at debug level and ignored, like the real core.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from typing import Any, Callable, Optional
 
 from . import CORE_VERSION, sysinfo
 from .commands import ShellJob
+from .tunnel import TunnelManager
 
 __all__ = ["Core", "CORE_CAPS", "NETINFO_DELAY", "NETINFO_INTERVAL"]
 
-CORE_CAPS = 8
+CORE_CAPS = 8 | 2  # console and terminal (spec agent-protocol §3.2 capability bits)
 """Capabilities the core reports in ``coreinfo``: 8 = console (no desktop/terminal/files yet)."""
 NETINFO_DELAY = 5.0
 NETINFO_INTERVAL = 60.0
@@ -55,7 +56,9 @@ class Core:
             "runcommands": self._on_runcommands,
             "msg": self._on_msg,
         }
-        self._msg_types: dict[str, Handler] = {"console": self._on_console}
+        self._msg_types: dict[str, Handler] = {"console": self._on_console,
+                                               "tunnel": self._on_tunnel}
+        self._tunnels = TunnelManager(context, self._send)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -90,6 +93,7 @@ class Core:
         if self._job is not None:
             job, self._job = self._job, None
             job.kill()
+        self._tunnels.stop()
 
     def handle_json(self, message: dict[str, Any]) -> None:
         """Dispatch one JSON message from the server by its ``action``."""
@@ -230,6 +234,11 @@ class Core:
             self._log.debug("core ignores msg type {kind!r}", kind=str(kind)[:64])
             return
         handler(message)
+
+    def _on_tunnel(self, message: dict[str, Any]) -> None:
+        """``{"action":"msg","type":"tunnel","value":"*/meshrelay.ashx?…","servertlshash":h,
+        "rights":r,…}``: dial the relay and serve the session (see :mod:`.tunnel`)."""
+        self._tunnels.handle(message)
 
     def _on_console(self, message: dict[str, Any]) -> None:
         """``{"action":"msg","type":"console","value":"<line>","rights":r,"sessionid":s}`` →

@@ -637,6 +637,11 @@ async def msg(call: Call) -> None:
     cmd = call.command
     node_id = cmd.get("nodeid")
     kind = cmd.get("type")
+    if kind == "tunnel":
+        # Checked per protocol, with a fresh relay cookie: see meshd.relay.tunnel.
+        from meshd.relay.tunnel import route_tunnel
+
+        return await route_tunnel(call)
     if not valid_str(node_id, 1, 1024) or not isinstance(kind, str) or kind not in _ROUTED_TYPES:
         return
     access = await call.access()

@@ -1,0 +1,313 @@
+"""The relay's pairing table: a sans-IO state machine (spec relay.md §3–§5).
+
+Who sends what, in what order:
+
+1. A side arrives (its WebSocket is open and its identity resolved by the adapter) and
+   :meth:`RelayTable.join` is called with its :class:`SideInfo`.  The first side with an
+   ``id`` waits: its reading is paused (its bytes stay in TCP, not in the server) and a
+   :data:`LONELY_SECONDS` timer closes it if nobody joins.
+2. A second side with the same ``id`` is checked (at least one side authenticated, same
+   user on both unless one is ``nouser``); refused sides are closed, the waiting one
+   keeps waiting.  Accepted: both get the text frame ``c`` (``cr`` when recorded) and
+   reading resumes on both.
+3. A third side with the ``id`` of a pair is closed (duplicate).
+4. Every frame from one side goes to the other as one frame of the same type.
+   Back-pressure: when a side's outgoing buffer is full (:meth:`RelayTable.send_blocked`)
+   the *other* side's reading is paused until it drains (:meth:`RelayTable.send_unblocked`);
+   so the server holds at most a transport buffer plus one frame per direction.
+   Frames a side sent before pairing (already read when it was paused) are kept, at
+   most :data:`EARLY_LIMIT` bytes, and forwarded after ``c``.
+5. When either side goes (:meth:`RelayTable.lost`), the other is closed and the pair
+   removed; the session end is reported with its duration and byte counts.
+
+The table never touches sockets: sides are :class:`IRelayPeer` providers and time comes
+from an injected ``IReactorTime`` (``task.Clock`` in tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from twisted.logger import Logger
+from zope.interface import Interface
+
+LONELY_SECONDS = 15.0
+EARLY_LIMIT = 256 * 1024  # bytes a side may send before it is paired
+CONNECTED = b"c"
+CONNECTED_RECORDED = b"cr"
+
+
+class IRelayPeer(Interface):
+    """One WebSocket of the relay, as the table drives it."""
+
+    def send(payload: bytes, binary: bool) -> None:
+        """Send one frame (text when ``binary`` is false)."""
+
+    def pause_reading() -> None:
+        """Stop reading from the socket (the peer's bytes wait in TCP)."""
+
+    def resume_reading() -> None:
+        """Read again."""
+
+    def close() -> None:
+        """Close the WebSocket (and the connection soon after)."""
+
+
+@dataclass(frozen=True)
+class SideInfo:
+    """Who one side is, as its authentication resolved it (spec §3)."""
+
+    relay_id: str
+    user_id: Optional[str] = None  # a logged-in user, or the ``ruserid`` of a relay cookie
+    user_name: Optional[str] = None
+    authenticated: bool = False  # logged in (cookie, session, password); not a relay cookie
+    nouser: bool = False  # a ``{nouser:1}`` relay cookie
+    protocol: Optional[int] = None
+    node_id: Optional[str] = None
+    browser: bool = False
+    address: str = ""
+    recorded: bool = False
+
+    @property
+    def trusted(self) -> bool:
+        return self.authenticated or self.nouser
+
+
+@dataclass
+class Side:
+    peer: Any
+    info: SideInfo
+    partner: Optional["Side"] = None
+    relay: Optional["Relay"] = None
+    blocked: bool = False  # its outgoing buffer is full
+    paused: bool = False  # what we last asked of its reading
+    early: list[tuple[bytes, bool]] = field(default_factory=list)
+    early_bytes: int = 0
+    received_bytes: int = 0
+    gone: bool = False
+
+
+@dataclass
+class Relay:
+    """One id: a waiting side, then a pair."""
+
+    relay_id: str
+    first: Side
+    second: Optional[Side] = None
+    timer: Any = None
+    started: Optional[float] = None
+    protocol: Optional[int] = None
+    recorded: bool = False
+
+    @property
+    def user_side(self) -> Optional[Side]:
+        """The side that speaks for the session in logs: a logged-in user if any."""
+        for side in (self.first, self.second):
+            if side is not None and side.info.authenticated:
+                return side
+        for side in (self.first, self.second):
+            if side is not None and side.info.user_id:
+                return side
+        return None
+
+    @property
+    def node_id(self) -> Optional[str]:
+        for side in (self.second, self.first):
+            if side is not None and side.info.node_id:
+                return side.info.node_id
+        return None
+
+
+SessionCallback = Callable[[Relay], None]
+
+
+class RelayTable:
+    """Pairs relay sides by id and moves frames between them."""
+
+    _log = Logger()
+
+    def __init__(self, clock: Any, *, on_start: Optional[SessionCallback] = None,
+                 on_end: Optional[SessionCallback] = None,
+                 lonely_seconds: float = LONELY_SECONDS, early_limit: int = EARLY_LIMIT
+                 ) -> None:
+        self._clock = clock
+        self._on_start = on_start
+        self._on_end = on_end
+        self._lonely_seconds = lonely_seconds
+        self._early_limit = early_limit
+        self._relays: dict[str, Relay] = {}
+        self._sides: dict[int, Side] = {}
+        self.stats = {"paired": 0, "refused": 0, "expired": 0}
+
+    # -- introspection ------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._relays)
+
+    def relay(self, relay_id: str) -> Optional[Relay]:
+        return self._relays.get(relay_id)
+
+    def side_of(self, peer: Any) -> Optional[Side]:
+        return self._sides.get(id(peer))
+
+    def paired_count(self) -> int:
+        return sum(1 for r in self._relays.values() if r.second is not None)
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def join(self, peer: Any, info: SideInfo) -> bool:
+        """A side arrives; False when it was refused (and closed)."""
+        side = Side(peer, info)
+        if info.user_id is None and not info.nouser:
+            return self._refuse(side, "no authentication")
+        relay = self._relays.get(info.relay_id)
+        if relay is None:
+            self._sides[id(peer)] = side
+            relay = Relay(info.relay_id, side)
+            side.relay = relay
+            self._relays[info.relay_id] = relay
+            self._set_paused(side, True)
+            relay.timer = self._clock.callLater(self._lonely_seconds, self._expire, relay)
+            return True
+        if relay.second is not None:
+            return self._refuse(side, "duplicate")
+        first = relay.first
+        if not (first.info.trusted or info.trusted):
+            return self._refuse(side, "relay without auth")
+        if not (first.info.nouser or info.nouser) and first.info.user_id != info.user_id:
+            return self._refuse(side, "user mismatch")
+        self._pair(relay, side)
+        return True
+
+    def received(self, peer: Any, payload: bytes, binary: bool) -> None:
+        """A frame from a side: to its partner, or kept until there is one."""
+        side = self._sides.get(id(peer))
+        if side is None or side.gone:
+            return
+        side.received_bytes += len(payload)
+        if side.partner is None:
+            side.early_bytes += len(payload)
+            if side.early_bytes > self._early_limit:
+                self._log.info("relay {relay_id}: too much data before pairing; closing",
+                               relay_id=side.info.relay_id)
+                self._drop(side)
+                return
+            side.early.append((payload, binary))
+            return
+        side.partner.peer.send(payload, binary)
+
+    def send_blocked(self, peer: Any) -> None:
+        """A side's outgoing buffer is full: stop reading from its partner."""
+        side = self._sides.get(id(peer))
+        if side is None or side.blocked:
+            return
+        side.blocked = True
+        if side.partner is not None:
+            self._update_reading(side.partner)
+
+    def send_unblocked(self, peer: Any) -> None:
+        """A side's outgoing buffer drained: its partner may be read again."""
+        side = self._sides.get(id(peer))
+        if side is None or not side.blocked:
+            return
+        side.blocked = False
+        if side.partner is not None:
+            self._update_reading(side.partner)
+
+    def lost(self, peer: Any) -> None:
+        """A side's WebSocket closed: close the other and end the session."""
+        side = self._sides.pop(id(peer), None)
+        if side is None:
+            return
+        side.gone = True
+        self._drop(side)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _refuse(self, side: Side, why: str) -> bool:
+        self.stats["refused"] += 1
+        self._log.info("relay {relay_id} side from {address} refused: {why}",
+                       relay_id=side.info.relay_id[:64], address=side.info.address, why=why)
+        side.peer.close()
+        return False
+
+    def _pair(self, relay: Relay, second: Side) -> None:
+        first = relay.first
+        self._sides[id(second.peer)] = second
+        second.relay = relay
+        relay.second = second
+        first.partner, second.partner = second, first
+        if relay.timer is not None and relay.timer.active():
+            relay.timer.cancel()
+        relay.timer = None
+        relay.started = self._clock.seconds()
+        relay.protocol = second.info.protocol if second.info.protocol is not None \
+            else first.info.protocol
+        relay.recorded = first.info.recorded or second.info.recorded
+        self.stats["paired"] += 1
+        start = CONNECTED_RECORDED if relay.recorded else CONNECTED
+        first.peer.send(start, False)
+        second.peer.send(start, False)
+        if self._on_start is not None:
+            self._report(self._on_start, relay)
+        for side in (first, second):
+            early, side.early, side.early_bytes = side.early, [], 0
+            for payload, binary in early:
+                if side.partner is None:
+                    break
+                side.partner.peer.send(payload, binary)
+        for side in (first, second):
+            if not side.gone:
+                self._update_reading(side)
+
+    def _update_reading(self, side: Side) -> None:
+        partner = side.partner
+        self._set_paused(side, partner is None or partner.blocked)
+
+    def _set_paused(self, side: Side, paused: bool) -> None:
+        if side.gone or side.paused == paused:
+            return
+        side.paused = paused
+        if paused:
+            side.peer.pause_reading()
+        else:
+            side.peer.resume_reading()
+
+    def _expire(self, relay: Relay) -> None:
+        relay.timer = None
+        if self._relays.get(relay.relay_id) is relay and relay.second is None:
+            self.stats["expired"] += 1
+            self._log.info("relay {relay_id}: nobody joined in {seconds} s; closing",
+                           relay_id=relay.relay_id[:64], seconds=self._lonely_seconds)
+            self._drop(relay.first)
+
+    def _drop(self, side: Side) -> None:
+        """Close a side and its partner; forget their relay."""
+        relay = side.relay
+        if relay is None:
+            return
+        side.relay = None
+        if self._relays.get(relay.relay_id) is relay:
+            del self._relays[relay.relay_id]
+        if relay.timer is not None and relay.timer.active():
+            relay.timer.cancel()
+        relay.timer = None
+        partner = side.partner
+        side.partner = None
+        for one in (side, partner):
+            if one is None:
+                continue
+            one.relay, one.partner, one.early = None, None, []
+            self._sides.pop(id(one.peer), None)
+            if not one.gone:
+                one.gone = True
+                one.peer.close()
+        if relay.started is not None and self._on_end is not None:
+            self._report(self._on_end, relay)
+
+    def _report(self, callback: SessionCallback, relay: Relay) -> None:
+        try:
+            callback(relay)
+        except Exception:
+            self._log.failure("relay session report failed")

@@ -1,0 +1,203 @@
+"""A terminal through the relay, end to end: a started meshd, the Python agent, and a
+user side written here (control.ashx for the tunnel request, meshrelay.ashx for the
+session), over real TLS on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.parse
+from typing import Any
+
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    connectWS,
+)
+from twisted.internet import defer, reactor, ssl
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from tests.server import ROOT, ServerProcess, fresh_datapath, server_env
+
+
+class Client(WebSocketClientProtocol):
+    """Collects frames; ``wait(predicate)`` fires when a frame makes it true."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[tuple[bytes, bool]] = []
+        self.opened: defer.Deferred[None] = defer.Deferred()
+        self.closed: defer.Deferred[None] = defer.Deferred()
+
+    def onOpen(self) -> None:
+        self.opened.callback(None)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.frames.append((payload, isBinary))
+
+    def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
+        if not self.opened.called:
+            self.opened.errback(ConnectionError(f"{code} {reason}"))
+        if not self.closed.called:
+            self.closed.callback(None)
+
+    def json_frames(self) -> list[dict[str, Any]]:
+        found = []
+        for payload, binary in self.frames:
+            if not binary:
+                try:
+                    found.append(json.loads(payload))
+                except ValueError:
+                    pass
+        return found
+
+    def output(self) -> bytes:
+        return b"".join(p for p, binary in self.frames if binary)
+
+
+async def connect(url: str, headers: dict[str, str] | None = None) -> Client:
+    factory = WebSocketClientFactory(url, headers=headers or {})
+    factory.protocol = Client
+    factory.setProtocolOptions(autoPingInterval=0, openHandshakeTimeout=0,
+                               closeHandshakeTimeout=0)
+    holder: list[Client] = []
+    original = factory.buildProtocol
+
+    def build(addr: Any) -> Client:
+        protocol = original(addr)
+        holder.append(protocol)
+        return protocol
+
+    factory.buildProtocol = build  # type: ignore[method-assign]
+    connectWS(factory, ssl.CertificateOptions(verify=False))
+    while not holder:
+        await deferLater(reactor, 0.01, lambda: None)
+    await holder[0].opened
+    return holder[0]
+
+
+async def until(check: Any, timeout: float) -> Any:
+    for _ in range(int(timeout / 0.1)):
+        result = check()
+        if result:
+            return result
+        await deferLater(reactor, 0.1, lambda: None)
+    return check()
+
+
+class PythonAgentTerminalTests(TestCase):
+    timeout = 180
+
+    async def test_terminal_through_relay(self) -> None:
+        """The user asks for a terminal tunnel on control.ashx, joins the relay with its
+        auth cookie; the Python agent dials back, runs a shell on a pty, and
+        echo RELAY-$((6*7)) prints RELAY-42; closing the user side ends the session."""
+        from tests.test_login import admin
+
+        datapath = fresh_datapath()
+        server = ServerProcess(datapath).start()
+        self.addCleanup(server.stop)
+        password = "Relay-Pass-1"
+        self.assertEqual(admin(datapath, "createaccount", "admin", "--pass", password,
+                               "--siteadmin").returncode, 0)
+        meshauth = ",".join(base64.b64encode(x.encode()).decode() for x in ("admin", password))
+        base = f"wss://127.0.0.1:{server.port}"
+        control = await connect(base + "/control.ashx", {"x-meshauth": meshauth})
+        self.addCleanup(lambda: control.dropConnection(abort=True)
+                        if control.transport else None)
+        control.sendMessage(json.dumps({"action": "createmesh", "meshname": "relay",
+                                        "meshtype": 2, "responseid": "m"}).encode())
+        created = await until(lambda: [f for f in control.json_frames()
+                                       if f.get("responseid") == "m"], 20)
+        self.assertEqual(created[0].get("result"), "ok", created)
+        mesh_id = created[0]["meshid"]
+
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port,
+                                           context=server.ssl_context(), timeout=10)
+        conn.request("GET", "/meshsettings?id=" + urllib.parse.quote(mesh_id.split("/")[2]))
+        msh = conn.getresponse().read()
+        conn.close()
+        folder = tempfile.mkdtemp(prefix="pyagent-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        with open(os.path.join(folder, "meshagent.msh"), "wb") as f:
+            f.write(msh)
+        log = open(os.path.join(folder, "agent.log"), "ab")
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "agentsrc", "--msh", os.path.join(folder, "meshagent.msh"),
+             "--fastkey"], cwd=ROOT, env=server_env(), stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL)
+        log.close()
+
+        def stop() -> None:
+            if agent.poll() is None:
+                agent.send_signal(signal.SIGTERM)
+                try:
+                    agent.wait(10)
+                except subprocess.TimeoutExpired:
+                    agent.kill()
+                    agent.wait()
+
+        self.addCleanup(stop)
+
+        def agent_log() -> str:
+            with open(os.path.join(folder, "agent.log"), errors="replace") as f:
+                return f.read()
+
+        node_id = None
+        for attempt in range(120):
+            control.sendMessage(json.dumps({"action": "nodes", "responseid": f"n{attempt}"})
+                                .encode())
+            answer = await until(lambda: [f for f in control.json_frames()
+                                          if f.get("responseid") == f"n{attempt}"], 10)
+            nodes = answer[0].get("nodes", {}).get(mesh_id, []) if answer else []
+            ready = [n for n in nodes if n.get("conn", 0) & 1 and n.get("agent", {}).get("core")]
+            if ready:
+                node_id = ready[0]["_id"]
+                break
+            await deferLater(reactor, 0.5, lambda: None)
+        self.assertIsNotNone(node_id, server.log()[-3000:] + agent_log())
+        assert node_id is not None
+
+        control.sendMessage(json.dumps({"action": "authcookie"}).encode())
+        cookies = await until(lambda: [f for f in control.json_frames()
+                                       if f.get("action") == "authcookie"], 10)
+        cookie, rcookie = cookies[0]["cookie"], cookies[0]["rcookie"]
+        relay_id = base64.b64encode(os.urandom(9)).decode().replace("+", "@").replace("/", "$")
+        quoted = urllib.parse.quote
+        user = await connect(
+            f"{base}/meshrelay.ashx?browser=1&p=1&nodeid={quoted(node_id)}&id={quoted(relay_id)}"
+            f"&auth={quoted(cookie)}")
+        self.addCleanup(lambda: user.dropConnection(abort=True) if user.transport else None)
+        control.sendMessage(json.dumps({
+            "action": "msg", "type": "tunnel", "nodeid": node_id, "usage": 1,
+            "value": f"*/meshrelay.ashx?p=1&nodeid={node_id}&id={relay_id}&rauth={rcookie}",
+            "responseid": "t"}).encode())
+        routed = await until(lambda: [f for f in control.json_frames()
+                                      if f.get("responseid") == "t"], 10)
+        self.assertEqual(routed[0]["result"], "OK")
+        self.assertTrue(await until(lambda: (b"c", False) in user.frames, 30),
+                        server.log()[-3000:] + agent_log())
+        user.sendMessage(json.dumps({"ctrlChannel": "102938", "type": "options",
+                                     "cols": 100, "rows": 30}).encode(), isBinary=False)
+        user.sendMessage(b"1", isBinary=False)
+        user.sendMessage(b"echo RELAY-$((6*7))\r", isBinary=True)
+        found = await until(lambda: b"RELAY-42" in user.output(), 30)
+        self.assertTrue(found, f"terminal said {user.output()[-2000:]!r}\n" + agent_log())
+        user.sendClose()
+        await user.closed
+
+        def ended() -> bool:
+            return "relay " in server.log() and " ended after " in server.log()
+
+        self.assertTrue(await until(ended, 10), server.log()[-3000:])
+        control.sendClose()
+        await control.closed
+        await deferLater(reactor, 0.1, lambda: None)
