@@ -3,6 +3,7 @@
     python bench/mps_devices.py                 # 1000 devices, server started by this script
     python bench/mps_devices.py -n 200 --in-process
     python bench/mps_devices.py --port 4433 --user <16 chars> --password <pw> [--pid <server pid>]
+    python bench/mps_devices.py --meshcentral   # the same load against MeshCentral 1.1.55
 
 By default the server runs in a child process (this script with ``--serve``: meshd's
 ``MpsServerFactory`` on a MemoryStore with one AMT-only group, real TLS on 127.0.0.1), so
@@ -12,8 +13,16 @@ forwards, then one keep-alive.  Printed: connect (TLS handshake done), auth
 (USERAUTH_SUCCESS) and ready (forwards answered) latency p50/p99/max from the moment the
 device was started, failures, wall time, and the server's RSS (VmRSS and peak VmHWM).
 
-Not run by the tests; numbers depend on the machine (see specs/mps-apf.md section 12 for
-MeshCentral measured the same way).
+``--meshcentral`` installs ``meshcentral@1.1.55`` from npm (``tests/meshcentral.py``, cached
+in ``.cache/meshcentral``), starts it on loopback ports with ``settings.mpsPass`` set (so
+MeshCentral checks the device password; without it any password is accepted), creates an
+Intel AMT-only device group with ``meshctrl adddevicegroup --amtonly`` and logs the devices
+in as MeshCentral expects: user = the first 16 characters of the group id (``@``/``$`` as
+``X``), password = mpsPass.  Its RSS is the sum over MeshCentral's process group (the
+launcher process and the server process it starts).
+
+Not run by the tests; numbers depend on the machine (docs/performance.md has both servers
+measured one after the other on one machine).
 """
 
 from __future__ import annotations
@@ -69,6 +78,44 @@ async def start_server(reactor: Any) -> tuple[Any, str, str, Any]:
     port = reactor.listenSSL(0, factory, server_context(), backlog=4096,
                              interface="127.0.0.1")
     return port, user, password, factory
+
+
+def group_rss_kib(pgid: int) -> dict[str, int]:
+    """RSS summed over every process of a process group (MeshCentral's launcher + server)."""
+    total = {"VmRSS": 0, "VmHWM": 0}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:
+                continue
+            for key, value in rss_kib(int(entry)).items():
+                total[key] += value
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+MESHCENTRAL_MPS_PASS = "Bench-Mps-Pass-1!"
+
+
+def start_meshcentral() -> tuple[Any, int, str, str]:
+    """MeshCentral 1.1.55 with mpsPass and an AMT-only group: (server, port, user, password)."""
+    from tests.meshcentral import MeshCentralServer, ensure_installed
+
+    server = MeshCentralServer(ensure_installed(), settings={"mpsPass": MESHCENTRAL_MPS_PASS})
+    try:
+        server.start()
+        output = server.meshctrl("adddevicegroup", "--name", "bench", "--amtonly").split()
+        if len(output) != 2 or output[0] != "ok" or not output[1].startswith("mesh//"):
+            raise RuntimeError(f"adddevicegroup answered {output!r}")
+    except BaseException:
+        server.cleanup()
+        raise
+    user = output[1][len("mesh//"):][:16].replace("@", "X").replace("$", "X")
+    return server, server.mps_port, user, MESHCENTRAL_MPS_PASS
 
 
 def serve() -> None:
@@ -144,6 +191,8 @@ def main() -> None:
     parser.add_argument("--pid", type=int, help="server process id, for its RSS")
     parser.add_argument("--in-process", action="store_true",
                         help="run the server in this process (RSS then includes the clients)")
+    parser.add_argument("--meshcentral", action="store_true",
+                        help="start MeshCentral 1.1.55 (npm) and measure it instead of meshd")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -154,13 +203,20 @@ def main() -> None:
 
     raise_fd_limit(args.devices * 2 + 256)
     child: Optional[subprocess.Popen[str]] = None
+    meshcentral: Any = None
     outcome: dict[str, Any] = {}
+    rss = rss_kib
 
     async def bench() -> None:
-        nonlocal child
+        nonlocal child, meshcentral, rss
         host, port, user, password, pid = args.host, args.port, args.user, args.password, args.pid
         factory = None
-        if port is None and args.in_process:
+        if port is None and args.meshcentral:
+            meshcentral, port, user, password = start_meshcentral()
+            pid = meshcentral.process.pid
+            rss = group_rss_kib
+            print(f"server   MeshCentral 1.1.55 started in {meshcentral.started_in:.1f} s")
+        elif port is None and args.in_process:
             listening, user, password, factory = await start_server(reactor)
             port, pid = listening.getHost().port, os.getpid()
         elif port is None:
@@ -171,9 +227,9 @@ def main() -> None:
             port, user, password, pid = info["port"], info["user"], info["password"], info["pid"]
         elif not (user and password):
             parser.error("--port needs --user and --password")
-        before = rss_kib(pid) if pid else {}
+        before = rss(pid) if pid else {}
         result = await run_devices(reactor, host, port, user, password, args.devices)
-        after = rss_kib(pid) if pid else {}
+        after = rss(pid) if pid else {}
         devices = result["devices"]
         ok = result["ok"]
         print(f"devices  {len(ok)}/{len(devices)} ready in {result['wall']:.2f} s wall, "
@@ -197,6 +253,8 @@ def main() -> None:
             assert child.stdin is not None
             child.stdin.close()
             child.wait(10)
+        if meshcentral is not None:
+            meshcentral.cleanup()
         if isinstance(result, Exception) or hasattr(result, "getTraceback"):
             print(result.getTraceback() if hasattr(result, "getTraceback") else result)
         reactor.stop()

@@ -49,8 +49,10 @@ from meshd.agent.server import AgentManager, agent_resource
 from meshd.control import control_hub, control_resource
 from meshd.events import LocalEventBus
 from meshd.presence import LocalPresence
+from meshd.relay import RelayServer, relay_resource
 from meshd.config import Config
 from meshd.mps.protocol import MpsServerFactory
+from meshd.mps.webrelay import webrelay_resource
 from meshd.ratelimit import FailureLimiter
 from meshd.store import IStore, SchemaError, StoreUnavailable, open_store
 from meshd.store.expire import ExpireService
@@ -430,6 +432,14 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
 
     agents = agent_manager("")
     root.agents = agents
+    hub = control_hub(settings=settings, certificates=certificates,
+                      web_hash=lambda: root.web_certificate_hash, store=store, bus=bus,
+                      presence=presence, agents=agents, accounts=auth.accounts,
+                      web_sessions=sessions, limiter=auth.limiter, run_blocking=workers.run,
+                      clock=reactor)
+    # One relay table for every domain's /[domain/]meshrelay.ashx; it logs users in as
+    # the control channel does.
+    relay = relay_resource(RelayServer.from_hub(hub), reactor)
 
     def agent_paths(domain: str, manager: AgentManager) -> dict[bytes, Any]:
         """What agents and their installers use, for one domain."""
@@ -437,7 +447,8 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
                          port=settings.port, default_host=settings.cert, domain=domain)
         return {b"agent.ashx": agent_resource(manager, reactor),
                 b"meshsettings": MeshSettingsResource(**downloads),  # type: ignore[arg-type]
-                b"meshagents": mesh_agents_resource(**downloads)}  # type: ignore[arg-type]
+                b"meshagents": mesh_agents_resource(**downloads),  # type: ignore[arg-type]
+                b"meshrelay.ashx": relay}
 
     # Other domains serve the same under /<domain>/ (MeshCentral's layout).
     domain_folders: dict[bytes, Any] = {}
@@ -453,19 +464,23 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
                            now=reactor.seconds)
     root.mps = mps
 
+    # Browsers reach Intel AMT web services over CIRA: /[domain/]webrelay.ashx (users
+    # log in as on the control channel).
+    def webrelay(domain: str) -> Any:
+        return webrelay_resource(store=store, mps=mps, bus=bus, authenticator=hub.auth,
+                                 clock=reactor, domain=domain)
+
+    for domain_key, folder in domain_folders.items():
+        folder.putChild(b"webrelay.ashx", webrelay(domain_key.decode("utf-8")))
+
     # HTTPS: web site, /agent.ashx, /control.ashx, /meshrelay.ashx.
     site = Site(build_root(clock=reactor, started_at=root.started_at,
                            title=config.default_domain.title, listeners=root.listeners,
                            auth=auth, status={"mps": mps.stats_dict,
                                               "agents": lambda: dict(agents.stats)}, extra={
                                **agent_paths("", agents), **domain_folders,
-                               b"control.ashx": control_resource(control_hub(
-                                   settings=settings, certificates=certificates,
-                                   web_hash=lambda: root.web_certificate_hash, store=store,
-                                   bus=bus, presence=presence, agents=agents,
-                                   accounts=auth.accounts, web_sessions=sessions,
-                                   limiter=auth.limiter, run_blocking=workers.run,
-                                   clock=reactor), reactor)}),
+                               b"control.ashx": control_resource(hub, reactor),
+                               b"webrelay.ashx": webrelay("")}),
                 logFormatter=access_log_line)
     site.displayTracebacks = False
     ListenerService(ListenerSpec("https", "--port", settings.port, web_context is not None),

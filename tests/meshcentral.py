@@ -119,8 +119,10 @@ def _unverified() -> ssl.SSLContext:
 class MeshCentralServer:
     """One MeshCentral process tree with its own data folder and loopback ports."""
 
-    def __init__(self, package_dir: str) -> None:
+    def __init__(self, package_dir: str, settings: Optional[dict[str, Any]] = None) -> None:
         self.package_dir = package_dir
+        # Extra ``settings`` keys for config.json (e.g. ``mpsPass`` for the CIRA benchmark).
+        self.extra_settings = dict(settings or {})
         self.directory = tempfile.mkdtemp(prefix="meshd-meshcentral-")
         self.data = os.path.join(self.directory, "data")
         self.port = _free_port()
@@ -175,6 +177,7 @@ class MeshCentralServer:
             },
             "domains": {"": {"newAccounts": False}},
         }
+        config["settings"].update(self.extra_settings)
         with open(os.path.join(self.data, "config.json"), "w", encoding="utf-8") as handle:
             json.dump(config, handle)
         self._node(self.package_dir, "--datapath", self.data,
