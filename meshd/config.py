@@ -186,6 +186,12 @@ class Settings:
     db_expire: DbExpire = _key("dbExpire", "Event retention.", default_factory=DbExpire)
     max_invalid_login: MaxInvalidLogin = _key("maxInvalidLogin", "Login rate limit.",
                                               default_factory=MaxInvalidLogin)
+    force2factor: bool = _key("force2factor",
+                              "Every user must have a second factor (TOTP): until one is "
+                              "enrolled, a password login can only enrol, which needs the "
+                              "current password and a one-time enrolment code issued by an "
+                              "administrator; meshctrl and relays are refused until then.",
+                              False)
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,14 @@ __all__ = ["ControlHub", "control_hub", "control_resource", "server_info"]
 #: MeshCentral 1.1.55's default domain feature bits, as its web app and meshctrl see them.
 DEFAULT_FEATURES = 2148669952
 DEFAULT_FEATURES2 = 144
+#: Feature bits: second factors can be used; enrolment is mandatory (force2factor).
+FEATURE_2FA = 0x00001000
+FEATURE_FORCE_2FA = 0x00040000
 
 
 def server_info(*, name: str, port: int, redirport: int, mpsport: int, tls_hash: str,
-                agent_server_id: str, cert_expire_ms: int | None = None) -> dict[str, Any]:
+                agent_server_id: str, cert_expire_ms: int | None = None,
+                force2factor: bool = False) -> dict[str, Any]:
     """The ``serverinfo`` object (spec §3); ``serverTime`` is added per session."""
     info: dict[str, Any] = {
         "domain": "", "name": name, "mpsname": name, "mpsport": mpsport, "port": port,
@@ -33,6 +37,8 @@ def server_info(*, name: str, port: int, redirport: int, mpsport: int, tls_hash:
         "agentCertHash": encode_id(bytes.fromhex(agent_server_id)), "https": True,
         "redirport": redirport, "magenturl": f"mc://{name}:{port}", "domainsuffix": "",
         "logoutonidlesessiontimeout": True}
+    if force2factor:
+        info["features"] |= FEATURE_2FA | FEATURE_FORCE_2FA
     if cert_expire_ms is not None:
         info["certExpire"] = cert_expire_ms  # sent to full administrators only
     return info
@@ -43,14 +49,16 @@ def control_hub(*, settings: Any, certificates: Any, web_hash: Callable[[], str]
     """The hub of a server built from its settings and certificates (used by service.py)."""
     expire = certificates.web.cert.not_valid_after_utc.timestamp()
     name = settings.cert or "localhost"
+    force2factor = bool(getattr(settings, "force2factor", False))
 
     def info() -> dict[str, Any]:
         return server_info(name=name, port=settings.port, redirport=settings.redir_port,
                            mpsport=settings.mps_port, tls_hash=web_hash(),
                            agent_server_id=certificates.agent.public_key_sha384(),
-                           cert_expire_ms=int(expire * 1000))
+                           cert_expire_ms=int(expire * 1000), force2factor=force2factor)
 
     def public_url() -> str:
         return f"https://{name}:{settings.port}" if settings.port != 443 else f"https://{name}"
 
-    return ControlHub(server_info=info, public_url=public_url, **collaborators)
+    return ControlHub(server_info=info, public_url=public_url, force2factor=force2factor,
+                      **collaborators)

@@ -21,15 +21,17 @@ application passwords that log in as their owner, without a second factor.
 Unlike MeshCentral 1.1.55, which counts bad passwords only on the login form, failed
 passwords and second factors here count against the same per-address and per-account
 limits (``settings.maxInvalidLogin``); a blocked client is closed with ``banned-1``.
+
+With ``settings.force2factor`` (:mod:`~meshd.control.twofactor`), a user who has no
+second factor yet is refused with ``tokenrequired`` (and ``otpsetup: true``), except
+where the caller offers an enrolment-only session (``enrolment=True``: the control
+channel, for logins other than the tool logins ``?user=`` and ``x-meshauth``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
-import struct
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Callable, Optional
@@ -42,6 +44,8 @@ from meshd import passwords
 from meshd.accounts import MAX_NAME, MAX_PASSWORD, Accounts, is_locked, user_id
 from meshd.control.cookies import LoginCookies
 from meshd.control.rights import SITERIGHT_NOMESHCMD, is_full_admin, site_rights
+from meshd.control.twofactor import check_second_factor, has_second_factor
+from meshd.control.twofactor import totp as totp  # re-exported for callers of this module
 from meshd.ratelimit import FailureLimiter
 from meshd.store.interface import Document, IStore
 
@@ -69,6 +73,8 @@ class AuthResult:
     inner: bool = False
     method: str = ""
     login_token: Optional[str] = field(default=None)
+    #: force2factor and no second factor yet: only enrolment actions are allowed.
+    enrolment_only: bool = False
 
 
 def parse_meshauth(value: str) -> Optional[tuple[str, str, Optional[str]]]:
@@ -86,21 +92,6 @@ def parse_meshauth(value: str) -> Optional[tuple[str, str, Optional[str]]]:
     return decoded[0], decoded[1], (decoded[2] if len(decoded) == 3 else None)
 
 
-def totp(secret: str, counter: int) -> str:
-    """RFC 6238 code (SHA-1, 6 digits) of a base32 secret for one 30-second step."""
-    key = base64.b32decode(secret.upper() + "=" * (-len(secret) % 8))
-    digest = hmac.new(key, struct.pack(">Q", counter), hashlib.sha1).digest()
-    offset = digest[-1] & 0x0F
-    code = (struct.unpack(">I", digest[offset:offset + 4])[0] & 0x7FFFFFFF) % 1000000
-    return f"{code:06d}"
-
-
-def has_second_factor(user: Document) -> bool:
-    keys = user.get("otpkeys")
-    return bool(user.get("otpsecret")) or bool(user.get("otphkeys")) or (
-        isinstance(keys, dict) and bool(keys.get("keys")))
-
-
 class Authenticator:
     """Checks the credentials of a control channel upgrade or ``userAuth`` message."""
 
@@ -108,8 +99,10 @@ class Authenticator:
 
     def __init__(self, *, store: IStore, accounts: Accounts, web_sessions: Any,
                  cookies: LoginCookies, now: Callable[[], float],
-                 run_blocking: RunBlocking, limiter: Optional[FailureLimiter] = None) -> None:
+                 run_blocking: RunBlocking, limiter: Optional[FailureLimiter] = None,
+                 force2factor: bool = False) -> None:
         self._store = store
+        self.force2factor = force2factor
         self._accounts = accounts
         self._web_sessions = web_sessions
         self._cookies = cookies
@@ -118,7 +111,9 @@ class Authenticator:
         self._limiter = limiter
 
     async def upgrade(self, headers: dict[str, str], params: dict[str, list[str]],
-                      peer: str = "") -> AuthResult:
+                      peer: str = "", enrolment: bool = False) -> AuthResult:
+        """Who opens this WebSocket; ``enrolment``: the caller can run an enrolment-only
+        session for a user who must still enrol a second factor (force2factor)."""
         origin = headers.get("origin")
         if origin is not None and not _same_origin(origin, headers.get("host", "")):
             return AuthResult(close=close_message("invalidorigin", cause="invalidorigin"))
@@ -134,7 +129,8 @@ class Authenticator:
         if auth:
             user = await self._cookie_user(auth[0], peer)
             if user is not None:
-                return AuthResult(user=user, method="cookie")
+                return self._enrolment_gate(AuthResult(user=user, method="cookie"),
+                                            enrolment)
         if meshauth is not None:
             parsed = parse_meshauth(meshauth)
             if parsed is None:
@@ -146,12 +142,15 @@ class Authenticator:
             if record is not None:
                 user = await self._store.get(record.get("userid", ""))
                 if user is not None and not is_locked(user):
-                    return AuthResult(user=user, method="session")
+                    return self._enrolment_gate(AuthResult(user=user, method="session"),
+                                                enrolment)
         return AuthResult(close=close_message("noauth"))
 
     async def password(self, name: Any, password: Any, token: Any, failure: str,
-                       tools: bool = False, peer: str = "") -> AuthResult:
-        """A name and password (or login token); ``failure`` is the close ``msg``."""
+                       tools: bool = False, peer: str = "", enrolment: bool = False
+                       ) -> AuthResult:
+        """A name and password (or login token); ``failure`` is the close ``msg``;
+        ``enrolment`` as for :meth:`upgrade` (never for tool logins)."""
         if not isinstance(name, str) or not isinstance(password, str):
             return AuthResult(close=close_message(failure))
         keys = ["ip:" + peer, "user:" + (name if name.startswith(TOKEN_PREFIX)
@@ -174,7 +173,8 @@ class Authenticator:
         if login_token is None and has_second_factor(user):
             if token is None:
                 return AuthResult(close=token_required())
-            if not await self._check_second_factor(user, str(token)):
+            if not isinstance(token, (str, int)) or isinstance(token, bool) or \
+                    not await check_second_factor(self._store, user, str(token), self._now()):
                 self._failed(keys)
                 return AuthResult(close=token_required())
         if self._limiter is not None:
@@ -182,7 +182,21 @@ class Authenticator:
                 self._limiter.success(key)
         if tools and not is_full_admin(user) and site_rights(user) & SITERIGHT_NOMESHCMD:
             return AuthResult(close=close_message("notools", cause="notools"))
-        return AuthResult(user=user, method="password", login_token=login_token)
+        return self._enrolment_gate(
+            AuthResult(user=user, method="password", login_token=login_token),
+            enrolment and not tools)
+
+    def must_enrol(self, user: Document, login_token: Optional[str] = None) -> bool:
+        """force2factor is on and this user (not by a login token) has no second factor."""
+        return self.force2factor and login_token is None and not has_second_factor(user)
+
+    def _enrolment_gate(self, result: AuthResult, enrolment: bool) -> AuthResult:
+        assert result.user is not None
+        if not self.must_enrol(result.user, result.login_token):
+            return result
+        if not enrolment:
+            return AuthResult(close={**token_required(), "otpsetup": True})
+        return AuthResult(user=result.user, method=result.method, enrolment_only=True)
 
     def _failed(self, keys: list[str]) -> None:
         if self._limiter is not None:
@@ -209,29 +223,6 @@ class Authenticator:
         if user is None or is_locked(user):
             return None
         return user
-
-    async def _check_second_factor(self, user: Document, token: str) -> bool:
-        token = token.strip()
-        secret = user.get("otpsecret")
-        if isinstance(secret, str) and len(token) == 6 and token.isdigit():
-            step = int(self._now() // 30)
-            try:
-                if any(hmac.compare_digest(totp(secret, step + delta), token)
-                       for delta in range(-2, 3)):
-                    return True
-            except (binascii.Error, ValueError):
-                self._log.warn("user {user_id} has an unreadable TOTP secret",
-                               user_id=user["_id"])
-        keys = user.get("otpkeys")
-        if isinstance(keys, dict) and isinstance(keys.get("keys"), list) and token.isdigit():
-            for entry in keys["keys"]:
-                if (isinstance(entry, dict) and entry.get("u") is True
-                        and str(entry.get("p")) == token):
-                    # A backup code works once.
-                    entry["u"] = False
-                    await self._store.set(user)
-                    return True
-        return False
 
     async def _cookie_user(self, text: str, peer: str) -> Optional[Document]:
         payload = await self._cookies.decode(text, AUTH_COOKIE_MINUTES)

@@ -44,7 +44,7 @@ class ControlHub:
                  agents: Any = None, web_sessions: Any = None,
                  public_url: Optional[Callable[[], str]] = None,
                  random: Callable[[int], bytes] = os.urandom, limiter: Any = None,
-                 max_message: int = MAX_MESSAGE) -> None:
+                 max_message: int = MAX_MESSAGE, force2factor: bool = False) -> None:
         self.store = store
         self.bus = bus
         self.presence = presence
@@ -57,13 +57,19 @@ class ControlHub:
         self.max_message = max_message
         self.public_url = public_url or (lambda: "https://localhost")
         self.web_sessions = web_sessions
+        self.limiter = limiter
         self.cookies = LoginCookies(store, clock.seconds, random)
         self.invite_cookies = LoginCookies(store, clock.seconds, random,
                                            key_id="InvitationLinkEncryptionKey")
         self.auth = Authenticator(store=store, accounts=accounts, web_sessions=web_sessions,
                                   cookies=self.cookies, now=clock.seconds,
-                                  run_blocking=run_blocking, limiter=limiter)
+                                  run_blocking=run_blocking, limiter=limiter,
+                                  force2factor=force2factor)
         self.sessions: dict[str, "ControlSession"] = {}
+
+    @property
+    def force2factor(self) -> bool:
+        return self.auth.force2factor
 
     def now(self) -> float:
         return float(self.clock.seconds())

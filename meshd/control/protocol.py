@@ -56,7 +56,7 @@ class ControlProtocol(WebSocketServerProtocol):
         self._peer = _peer_host(request.peer)
         headers = {str(k).lower(): str(v) for k, v in request.headers.items()}
         d: Deferred[Any] = Deferred.fromCoroutine(
-            self.hub.auth.upgrade(headers, request.params or {}, self._peer))
+            self.hub.auth.upgrade(headers, request.params or {}, self._peer, enrolment=True))
 
         def done(result: AuthResult) -> None:
             self._auth = result
@@ -122,7 +122,7 @@ class ControlProtocol(WebSocketServerProtocol):
         token = command.get("token")
         self._authenticating = True
         d = Deferred.fromCoroutine(self.hub.auth.password(name, password, token, "noauth-2c",
-                                                          peer=self._peer))
+                                                          peer=self._peer, enrolment=True))
 
         def done(result: AuthResult) -> None:
             self._authenticating = False

@@ -16,6 +16,9 @@ Limits: a frame is at most ``hub.max_message`` bytes (the adapter enforces it); 
 :data:`MAX_PENDING` requests may wait — a client flooding faster than the server
 answers is disconnected.  Every request re-reads the user record, so rights removed by
 someone else apply to the very next request; a removed or locked account is closed.
+With ``settings.force2factor``, while the user has no second factor only the
+enrolment actions (:data:`ENROLMENT_ACTIONS`) are served; every other request is
+answered ``Two-factor authentication required`` (see :mod:`meshd.control.twofactor`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from meshd.events import Subscription
 from meshd.store.interface import Document, StoreUnavailable
 
 MAX_PENDING = 256
+ENROLMENT_ACTIONS = frozenset({"otpauth-request", "otpauth-setup"})
+ENROLMENT_REQUIRED = "Two-factor authentication required"
 
 
 class Call:
@@ -115,6 +120,8 @@ class ControlSession:
         self._running = False
         self.closed = False
         self.sent_to_nodes: set[str] = set()
+        #: (secret, expiry in seconds) from otpauth-request, awaiting otpauth-setup.
+        self.pending_otp: Optional[tuple[str, float]] = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -200,6 +207,10 @@ class ControlSession:
                 self.close()
                 return
             self.refresh(user)
+            if action not in ENROLMENT_ACTIONS and \
+                    self.hub.auth.must_enrol(user, self.login_token):
+                self._error_reply(command, ENROLMENT_REQUIRED)
+                return
             call = Call(self, command, user)
             await self._actions[action](call)
         except StoreUnavailable as e:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from meshd.control.actions import devices, events, groups, usergroups, users
+from meshd.control.actions import devices, events, groups, twofactor, usergroups, users
 
 ACTIONS: dict[str, Callable[[Any], Any]] = {
     # users, sessions, login tokens
@@ -24,6 +24,12 @@ ACTIONS: dict[str, Callable[[Any], Any]] = {
     "authcookie": users.authcookie,
     "createLoginToken": users.create_login_token,
     "loginTokens": users.login_tokens,
+    # second factors (meshd.control.twofactor)
+    "otpauth-request": twofactor.otpauth_request,
+    "otpauth-setup": twofactor.otpauth_setup,
+    "otpauth-clear": twofactor.otpauth_clear,
+    "otpauth-getpasswords": twofactor.otpauth_getpasswords,
+    "otpauth-enrolcode": twofactor.otpauth_enrolcode,
     # device groups
     "meshes": groups.meshes,
     "createmesh": groups.createmesh,

@@ -37,6 +37,7 @@ from meshd.control.rights import (
     site_rights,
 )
 from meshd.control.session import Call
+from meshd.control.twofactor import ENROL_ID_PREFIX
 from meshd.control.views import safe_node, safe_user
 from meshd.store.interface import Document
 
@@ -295,7 +296,8 @@ async def deleteuser(call: Call) -> None:
                 "msgArgs": [name, linked.get("name")],
                 "msg": f"Removed user {name} from user group {linked.get('name')}"})
     tokens = await call.store.find_by_node("logintoken", ["logintoken-" + target_id])
-    await call.store.remove_many([prefix + target_id for prefix in ("ws", "nt", "ntp", "im")]
+    await call.store.remove_many([prefix + target_id for prefix in ("ws", "nt", "ntp", "im",
+                                                                    ENROL_ID_PREFIX)]
                                  + [t["_id"] for t in tokens])
     await call.store.remove(target_id)
     call.publish(["*", "server-users"], {

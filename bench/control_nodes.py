@@ -1,0 +1,270 @@
+"""Control channel benchmark: login + ``nodes`` with 5000 devices in the store.
+
+One operation = what ``meshctrl listdevices`` costs the server: open TLS + WebSocket to
+``/control.ashx`` with ``x-meshauth`` (password login), read the first frames
+(``serverinfo``, ``userinfo``), send ``{"action":"nodes"}`` and read the whole answer.
+Measured sequentially, then with 20 clients at once (each its own process, so the
+client's GIL is not what is measured); latencies per operation, p50 and p99.
+
+    python bench/control_nodes.py --meshd           # start meshd, fill it, measure
+    python bench/control_nodes.py --meshcentral     # the same against MeshCentral 1.1.55
+    python bench/control_nodes.py --meshd --meshcentral   # one after the other
+
+Both servers are filled the same way: one device group and N agentless devices added
+with ``addlocaldevice`` over one control connection (in windows of 100 requests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import socket
+import ssl
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Callable, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+class Client:
+    """A small blocking WebSocket client (RFC 6455), enough for JSON text frames."""
+
+    def __init__(self, port: int, headers: dict[str, str]) -> None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        raw = socket.create_connection(("127.0.0.1", port), timeout=120)
+        self.sock = context.wrap_socket(raw)
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = ["GET /control.ashx HTTP/1.1", f"Host: 127.0.0.1:{port}",
+                 "Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
+                 "Sec-WebSocket-Version: 13"] + [f"{k}: {v}" for k, v in headers.items()]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.buffer = bytearray()
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("no upgrade answer")
+            self.buffer += chunk
+        head, _, rest = bytes(self.buffer).partition(b"\r\n\r\n")
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise ConnectionError(head.split(b"\r\n", 1)[0].decode())
+        self.buffer = bytearray(rest)
+
+    def close(self) -> None:
+        try:
+            self.sock.sendall(b"\x88\x80" + os.urandom(4))
+        except OSError:
+            pass
+        self.sock.close()
+
+    def send(self, message: dict[str, Any]) -> None:
+        payload = json.dumps(message).encode()
+        mask = os.urandom(4)
+        length = len(payload)
+        if length < 126:
+            header = struct.pack("!BB", 0x81, 0x80 | length)
+        else:
+            header = struct.pack("!BBH", 0x81, 0x80 | 126, length)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(header + mask + masked)
+
+    def _read(self, count: int) -> bytes:
+        while len(self.buffer) < count:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buffer += chunk
+        data = bytes(self.buffer[:count])
+        del self.buffer[:count]
+        return data
+
+    def frame(self) -> bytes:
+        """The next text frame's payload (fragments joined, pings skipped)."""
+        parts: list[bytes] = []
+        while True:
+            first, second = self._read(2)
+            length = second & 0x7F
+            if length == 126:
+                length = struct.unpack("!H", self._read(2))[0]
+            elif length == 127:
+                length = struct.unpack("!Q", self._read(8))[0]
+            payload = self._read(length)
+            opcode = first & 0x0F
+            if opcode == 8:
+                raise ConnectionError(f"closed by server: {payload!r}")
+            if opcode in (1, 2, 0):
+                parts.append(payload)
+                if first & 0x80:
+                    return b"".join(parts)
+
+    def until(self, action: bytes) -> bytes:
+        """Frames until one whose action is ``action`` (checked on its first bytes)."""
+        marker = b'"action":"' + action + b'"'
+        while True:
+            payload = self.frame()
+            if marker in payload[:200]:
+                return payload
+            if b'"action":"close"' in payload[:100]:
+                raise ConnectionError(payload.decode())
+
+
+def meshauth(user: str, password: str) -> dict[str, str]:
+    return {"x-meshauth": base64.b64encode(user.encode()).decode() + ","
+            + base64.b64encode(password.encode()).decode()}
+
+
+def login_and_nodes(port: int, user: str, password: str) -> tuple[float, int]:
+    """One operation: (seconds, bytes of the nodes answer)."""
+    began = time.perf_counter()
+    client = Client(port, meshauth(user, password))
+    client.until(b"userinfo")
+    client.send({"action": "nodes", "responseid": "bench"})
+    answer = client.until(b"nodes")
+    elapsed = time.perf_counter() - began
+    client.close()
+    return elapsed, len(answer)
+
+
+def _worker(args: tuple[int, str, str, int, float]) -> list[float]:
+    port, user, password, count, start_at = args
+    while time.time() < start_at:
+        time.sleep(0.001)
+    return [login_and_nodes(port, user, password)[0] for _ in range(count)]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def fill(port: int, user: str, password: str, mesh_id: str, devices: int) -> None:
+    """Add ``devices`` agentless devices to the group over one control connection."""
+    client = Client(port, meshauth(user, password))
+    client.until(b"userinfo")
+    added = 0
+    while added < devices:
+        window = min(100, devices - added)
+        for i in range(window):
+            n = added + i
+            client.send({"action": "addlocaldevice", "meshid": mesh_id,
+                         "devicename": f"bench-{n:05d}", "hostname": f"10.{n >> 16 & 255}."
+                         f"{n >> 8 & 255}.{n & 255}", "type": 4, "responseid": f"a{n}"})
+        got = 0
+        while got < window:
+            payload = client.frame()
+            if b'"responseid":"a' in payload:
+                if b'"result":"ok"' not in payload:
+                    raise RuntimeError(f"addlocaldevice answered {payload[:200]!r}")
+                got += 1
+        added += window
+    client.close()
+
+
+def create_group(port: int, user: str, password: str) -> str:
+    client = Client(port, meshauth(user, password))
+    client.until(b"userinfo")
+    client.send({"action": "createmesh", "meshname": "bench", "meshtype": 3,
+                 "desc": "", "responseid": "g"})
+    # Both servers announce the new group in a createmesh event (before the reply).
+    while True:
+        event = json.loads(client.frame()).get("event") or {}
+        if event.get("action") == "createmesh" and event.get("meshid"):
+            client.close()
+            mesh_id: str = event["meshid"]
+            return mesh_id
+
+
+def measure(name: str, port: int, user: str, password: str, sequential: int,
+            concurrent: int, per_client: int) -> dict[str, Any]:
+    login_and_nodes(port, user, password)  # warm up
+    seq = [login_and_nodes(port, user, password)[0] for _ in range(sequential)]
+    size = login_and_nodes(port, user, password)[1]
+    start_at = time.time() + 2.0
+    with ProcessPoolExecutor(concurrent) as pool:
+        runs = list(pool.map(_worker, [(port, user, password, per_client, start_at)]
+                             * concurrent))
+    conc = [t for run in runs for t in run]
+    result = {"server": name, "answer_bytes": size,
+              "sequential_p50_ms": round(statistics.median(seq) * 1000, 1),
+              "sequential_p99_ms": round(percentile(seq, 0.99) * 1000, 1),
+              "concurrent": concurrent,
+              "concurrent_p50_ms": round(statistics.median(conc) * 1000, 1),
+              "concurrent_p99_ms": round(percentile(conc, 0.99) * 1000, 1)}
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def run_meshd(args: argparse.Namespace) -> dict[str, Any]:
+    from tests.server import ServerProcess, fresh_datapath
+    from tests.test_login import admin
+
+    password = "Bench!Pass#2024"
+    datapath = fresh_datapath()
+    created = admin(datapath, "createaccount", "admin", "--pass", password)
+    if created.returncode != 0:
+        raise RuntimeError(created.stderr)
+    server = ServerProcess(datapath).start()
+    try:
+        return fill_and_measure("meshd", server.port, "admin", password, args)
+    finally:
+        server.stop()
+
+
+def run_meshcentral(args: argparse.Namespace) -> dict[str, Any]:
+    from tests.meshcentral import ADMIN, PASSWORD, MeshCentralServer, ensure_installed
+
+    server = MeshCentralServer(ensure_installed())
+    server.start()
+    try:
+        # meshctrl makes the group: this session hears no createmesh event from MeshCentral.
+        mesh_id = server.add_device_group("bench")
+        return fill_and_measure("MeshCentral 1.1.55", server.port, ADMIN, PASSWORD, args,
+                                mesh_id)
+    finally:
+        server.cleanup()
+
+
+def fill_and_measure(name: str, port: int, user: str, password: str,
+                     args: argparse.Namespace, mesh_id: Optional[str] = None
+                     ) -> dict[str, Any]:
+    began = time.perf_counter()
+    if mesh_id is None:
+        mesh_id = create_group(port, user, password)
+    fill(port, user, password, mesh_id, args.devices)
+    print(f"{name}: {args.devices} devices added in {time.perf_counter() - began:.1f} s",
+          flush=True)
+    return measure(name, port, user, password, args.sequential, args.concurrent,
+                   args.per_client)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--meshd", action="store_true")
+    parser.add_argument("--meshcentral", action="store_true")
+    parser.add_argument("--devices", type=int, default=5000)
+    parser.add_argument("--sequential", type=int, default=50)
+    parser.add_argument("--concurrent", type=int, default=20)
+    parser.add_argument("--per-client", type=int, default=5)
+    args = parser.parse_args()
+    runs: list[Callable[[argparse.Namespace], dict[str, Any]]] = []
+    if args.meshd:
+        runs.append(run_meshd)
+    if args.meshcentral:
+        runs.append(run_meshcentral)
+    if not runs:
+        parser.error("give --meshd and/or --meshcentral")
+    for run in runs:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
