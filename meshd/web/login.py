@@ -2,8 +2,9 @@
 
 ``GET /``               the landing page when logged in; otherwise the login form, or on a
                         server without accounts the form that creates the administrator
-``POST /login``         form ``username``, ``password`` (``token`` for 2FA, later):
-                        303 to ``/`` with the session cookie, or 401 with the form again
+``POST /login``         form ``username``, ``password`` and, for an account with a second
+                        factor, ``token`` (TOTP or backup code): 303 to ``/`` with the
+                        session cookie, or 401 with the form again (with a code field)
 ``GET /logout``         ends the session, 303 to ``/``
 ``POST /createaccount`` form ``username``, ``email``, ``password1``, ``password2``: allowed
                         when the domain has no account yet (that account becomes site
@@ -24,11 +25,12 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-import meshd
 from meshd.accounts import AccountError, Accounts, user_id
+from meshd.control.twofactor import check_second_factor, has_second_factor
 from meshd.events import IEventBus, LocalEventBus, publish_and_store
 from meshd.ratelimit import FailureLimiter
 from meshd.store.interface import IStore, StoreUnavailable
+from meshd.web.app import app_page, app_security_headers
 from meshd.web.session import COOKIE_NAME, Sessions
 
 _log = Logger(namespace="meshd.web.login")
@@ -81,7 +83,9 @@ def client_ip(request: Request) -> str:
 def _security_headers(request: Request) -> None:
     request.setHeader(b"X-Content-Type-Options", b"nosniff")
     request.setHeader(b"X-Frame-Options", b"DENY")
-    request.setHeader(b"Referrer-Policy", b"no-referrer")
+    # Not "no-referrer": with it browsers send "Origin: null" on the login form's own
+    # POST, which _same_origin must refuse.  same-origin still sends nothing elsewhere.
+    request.setHeader(b"Referrer-Policy", b"same-origin")
     request.setHeader(b"Cache-Control", b"no-store")
     request.setHeader(b"Content-Security-Policy",
                       b"default-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -100,14 +104,16 @@ def page(title: str, body: str) -> bytes:
     ).encode("utf-8")
 
 
-def login_form(error: str = "", username: str = "") -> str:
+def login_form(error: str = "", username: str = "", token: bool = False) -> str:
     message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    code = ("<label>Authentication code <input name=\"token\" inputmode=\"numeric\" "
+            "autocomplete=\"one-time-code\" required></label>") if token else ""
     return (
         f"{message}<form method=\"post\" action=\"/login\">"
         "<label>User name <input name=\"username\" autocomplete=\"username\" "
         f"value=\"{html.escape(username)}\" required autofocus></label>"
         "<label>Password <input name=\"password\" type=\"password\" "
-        "autocomplete=\"current-password\" required></label>"
+        f"autocomplete=\"current-password\" required></label>{code}"
         "<button type=\"submit\">Log in</button></form>"
     )
 
@@ -218,11 +224,9 @@ class LandingResource(Resource):
         await auth.ready()
         user = await auth.current_user(request)
         if user is not None:
-            name = html.escape(user.get("name", ""))
-            admin = " (site administrator)" if user.get("siteadmin") == 0xFFFFFFFF else ""
-            return page(auth.title, f"<p>Logged in as <strong id=\"user\">{name}</strong>"
-                                    f"{admin}.</p><p>meshd {html.escape(meshd.__version__)}"
-                                    "</p><p><a href=\"/logout\">Log out</a></p>")
+            # Logged in: the web app (meshd/web/app.py), under its own stricter CSP.
+            app_security_headers(request)
+            return app_page(user, auth.title)
         if await auth.accounts.count() == 0:
             return page(auth.title, create_form(first=True))
         extra = ('<p><a href="/createaccount">Create an account</a></p>'
@@ -271,6 +275,17 @@ class LoginResource(Resource):
                 f"Too many failed logins. Try again in {minutes} minute"
                 f"{'s' if minutes != 1 else ''}.", username))
         user = await auth.accounts.authenticate(username, password)
+        # A second factor, when the account has one (meshd.control.twofactor); a wrong
+        # code counts as a failed login.  Without one, under settings.force2factor, the
+        # session can only enrol: the control channel enforces that.
+        code = _arg(request, b"token").strip()[:64]
+        if user is not None and has_second_factor(user) and not code:
+            request.setResponseCode(401)
+            return page(auth.title, login_form("Enter the code of your authenticator app "
+                                               "or a backup code.", username, token=True))
+        if user is not None and has_second_factor(user) and \
+                not await check_second_factor(auth.store, user, code, now):
+            user = None
         if user is None:
             auth.limiter.failure("ip:" + ip, now)
             if uid:
@@ -280,7 +295,8 @@ class LoginResource(Resource):
                 await auth.user_event(uid, username[:64], "", "authfail",
                                       f"Failed login attempt from {ip}")
             request.setResponseCode(401)
-            return page(auth.title, login_form("Invalid user name or password.", username))
+            return page(auth.title, login_form("Invalid user name or password.", username,
+                                               token=bool(code)))
         auth.limiter.success("ip:" + ip)
         auth.limiter.success("user:" + uid)
         token = await auth.sessions.create(user, ip)

@@ -1,7 +1,8 @@
 """The resource tree of the HTTPS site.
 
-``/``        placeholder home page (the web app comes with its own issue)
+``/``        the login page, or the web app once logged in (:mod:`meshd.web.login`)
 ``/health``  JSON for monitoring: version, uptime, listeners
+``/app/``    the browser app's static files (:mod:`meshd.web.app`)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 import meshd
+from meshd.web.app import APP_PATH, AppFilesResource
 
 if TYPE_CHECKING:
     from meshd.web.login import WebAuth
@@ -147,6 +149,7 @@ def build_root(*, clock: IReactorTime, started_at: float, title: str,
         root.putChild(b"login", LoginResource(auth))
         root.putChild(b"logout", LogoutResource(auth))
         root.putChild(b"createaccount", CreateAccountResource(auth))
+    root.putChild(APP_PATH, AppFilesResource())
     root.putChild(b"health", HealthResource(clock, started_at, listeners,
                                             auth.store if auth is not None else None, status))
     for path, resource in (extra or {}).items():

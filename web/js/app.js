@@ -1,0 +1,102 @@
+import { ControlClient, STATES } from "./control.js";
+import { h } from "./dom.js";
+import { DeviceModel, EventLog } from "./model.js";
+import { AccountView } from "./views/account.js";
+import { DevicesView } from "./views/devices.js";
+import { EventsView } from "./views/events.js";
+import { Toasts } from "./views/toasts.js";
+
+const VIEWS = [
+  ["devices", "Devices"],
+  ["events", "Events"],
+  ["account", "My account"],
+];
+
+const STATE_TEXT = {
+  [STATES.CONNECTING]: "Connecting…",
+  [STATES.OPEN]: "Connected",
+  [STATES.RECONNECTING]: "Connection lost, reconnecting…",
+  [STATES.DENIED]: "Signed out",
+  [STATES.CLOSED]: "Disconnected",
+};
+
+// The whole app: shell, router, control channel, models and views.
+// `createWebSocket` and `location` are injected (main.js passes the browser's).
+export function startApp({ root, bootstrap, createWebSocket, url, location }) {
+  const client = new ControlClient({ url, createWebSocket });
+  const devices = new DeviceModel();
+  const events = new EventLog();
+  const user = bootstrap.user || {};
+
+  const status = h("span", { class: "status", id: "connection", role: "status" });
+  const nav = h("nav", { "aria-label": "Sections" }, VIEWS.map(([id, title]) =>
+    h("a", { href: `#/${id}`, id: `nav-${id}`, text: title })));
+  const userLabel = h("span", { class: "who", id: "current-user", text: user.name || "" });
+  const header = h("header", { class: "topbar" },
+    h("a", { class: "brand", href: "#/devices", text: bootstrap.title || "meshd" }), nav,
+    h("div", { class: "session" }, status, userLabel,
+      h("a", { href: "/logout", class: "button", id: "logout", text: "Log out" })));
+  const sections = Object.fromEntries(VIEWS.map(([id, title]) =>
+    [id, h("section", { id: `view-${id}`, class: "view", "aria-label": title, hidden: true })]));
+  const toastRoot = h("div", { id: "toasts" });
+  const main = h("main", { id: "main" }, Object.values(sections));
+  root.replaceChildren(header, main, toastRoot);
+
+  const toasts = new Toasts(toastRoot);
+  const origin = `${location.protocol}//${location.host}`;
+  new DevicesView({ root: sections.devices, model: devices, client, toasts, origin });
+  new EventsView({ root: sections.events, log: events });
+  new AccountView({ root: sections.account, client, user });
+
+  function route() {
+    const wanted = (location.hash || "").replace(/^#\/?/, "") || "devices";
+    const id = sections[wanted] ? wanted : "devices";
+    for (const [name, section] of Object.entries(sections)) section.hidden = name !== id;
+    for (const link of nav.querySelectorAll("a")) {
+      if (link.id === `nav-${id}`) link.setAttribute("aria-current", "page");
+      else link.removeAttribute("aria-current");
+    }
+  }
+  globalThis.addEventListener?.("hashchange", route);
+  route();
+
+  async function reload() {
+    try {
+      const [meshes, nodes, log] = await Promise.all([
+        client.request("meshes"), client.request("nodes"),
+        client.request("events", { limit: 500 })]);
+      devices.load(meshes.meshes, nodes.nodes);
+      events.load(log.events);
+    } catch (error) {
+      toasts.show(`Could not load the device list: ${error.message}`, "error");
+    }
+  }
+  const reloadSoon = (() => {
+    let timer = null;
+    return () => {
+      if (timer) return;
+      timer = setTimeout(() => { timer = null; reload(); }, 200);
+    };
+  })();
+
+  client.on("state", (state) => {
+    status.textContent = STATE_TEXT[state] || state;
+    status.dataset.state = state;
+  });
+  client.on("open", reload);
+  client.on("event", (event) => {
+    events.add(event);
+    const change = devices.applyEvent(event);
+    if (!change) return;
+    if (change.reload) reloadSoon();
+    if (change.connected === true) toasts.show(`${change.name || "A device"} connected`, "ok");
+    if (change.connected === false) toasts.show(`${change.name || "A device"} disconnected`, "warn");
+  });
+  client.on("denied", ({ cause }) => {
+    // The session ended (logout elsewhere, expiry): back to the login page.
+    toasts.show(cause === "expired" ? "Your session expired" : "You are signed out", "warn");
+    setTimeout(() => location.assign("/"), 1500);
+  });
+  client.connect();
+  return { client, devices, events };
+}

@@ -1,0 +1,162 @@
+import { coalesce, clear, h } from "../dom.js";
+import { connectionState, formatTime, matchesFilter, osName, shortId } from "../format.js";
+
+// Device groups with their devices: create, delete, add an agent, filter; live state.
+export class DevicesView {
+  constructor({ root, model, client, toasts, origin }) {
+    this.root = root;
+    this.model = model;
+    this.client = client;
+    this.toasts = toasts;
+    this.origin = origin;
+    this.filter = "";
+    this.render = coalesce(() => this._render());
+    this._build();
+    model.onChange(() => this.render());
+  }
+
+  _build() {
+    const input = h("input", { name: "meshname", id: "new-group-name", required: true,
+      maxlength: "128", placeholder: "New device group name", autocomplete: "off",
+      "aria-label": "New device group name" });
+    this.createForm = h("form", { class: "inline-form", id: "new-group",
+      onsubmit: (e) => { e.preventDefault(); this._create(input); } },
+    input, h("button", { type: "submit", class: "primary", text: "Create group" }));
+    const search = h("input", { type: "search", id: "device-filter", placeholder: "Filter devices",
+      "aria-label": "Filter devices", oninput: (e) => { this.filter = e.target.value; this.render(); } });
+    this.summary = h("p", { class: "summary", id: "device-summary" });
+    this.list = h("div", { id: "groups", class: "groups" });
+    this.dialog = h("dialog", { id: "dialog", class: "dialog" });
+    clear(this.root).append(
+      h("div", { class: "toolbar" }, this.createForm, search), this.summary, this.list, this.dialog);
+    this.render();
+  }
+
+  async _create(input) {
+    const name = input.value.trim();
+    if (!name) return;
+    const button = this.createForm.querySelector("button");
+    button.disabled = true;
+    try {
+      await this.client.call("createmesh", { meshname: name, meshtype: 2 });
+      input.value = "";
+      this.toasts.show(`Device group "${name}" created`, "ok");
+    } catch (error) {
+      this.toasts.show(`Could not create the group: ${error.message}`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  _confirmDelete(mesh) {
+    const dialog = this.dialog;
+    const count = this.model.devicesOf(mesh._id).length;
+    clear(dialog).append(h("form", { method: "dialog" },
+      h("h2", { text: `Delete the group "${mesh.name}"?` }),
+      h("p", { text: count
+        ? `Its ${count} device${count === 1 ? "" : "s"} will be removed from the server as well.`
+        : "The group has no devices." }),
+      h("div", { class: "buttons" },
+        h("button", { value: "cancel", text: "Cancel", autofocus: true }),
+        h("button", { value: "delete", class: "danger", id: "confirm-delete", text: "Delete" }))));
+    dialog.onclose = async () => {
+      if (dialog.returnValue !== "delete") return;
+      try {
+        await this.client.call("deletemesh", { meshid: mesh._id });
+        this.toasts.show(`Device group "${mesh.name}" deleted`, "ok");
+      } catch (error) {
+        this.toasts.show(`Could not delete the group: ${error.message}`, "error");
+      }
+    };
+    dialog.returnValue = "";
+    dialog.showModal();
+  }
+
+  _addAgent(mesh) {
+    const id = encodeURIComponent(shortId(mesh._id));
+    const command = `curl -fsSk '${this.origin}/meshagents/install.sh?id=${id}' | sudo sh`;
+    const code = h("code", { class: "command", id: "install-command", text: command });
+    const dialog = this.dialog;
+    dialog.onclose = null;
+    clear(dialog).append(h("form", { method: "dialog" },
+      h("h2", { text: `Add an agent to "${mesh.name}"` }),
+      h("p", { text: "On a Linux machine, run as root:" }),
+      h("pre", {}, code),
+      h("p", {}, "Or install MeshCentral's agent with this group's settings file: ",
+        h("a", { href: `/meshsettings?id=${id}`, download: "meshagent.msh", id: "msh-link",
+          text: "meshagent.msh" })),
+      h("div", { class: "buttons" },
+        h("button", { type: "button", text: "Copy command", onclick: async () => {
+          try {
+            await navigator.clipboard.writeText(command);
+            this.toasts.show("Command copied", "ok");
+          } catch (error) {
+            this.toasts.show("Copying needs clipboard permission; select the text instead", "error");
+          }
+        } }),
+        h("button", { value: "close", text: "Close", autofocus: true }))));
+    dialog.showModal();
+  }
+
+  _render() {
+    const groups = this.model.groups();
+    let total = 0;
+    let online = 0;
+    const sections = groups.map((mesh) => {
+      const devices = this.model.devicesOf(mesh._id);
+      const shown = devices.filter((node) => matchesFilter(node, this.filter));
+      const up = devices.filter((node) => connectionState(node.conn).online).length;
+      total += devices.length;
+      online += up;
+      return this._group(mesh, devices, shown, up);
+    });
+    if (!this.model.loaded) {
+      this.summary.textContent = "Loading…";
+    } else if (!groups.length) {
+      this.summary.textContent = "No device groups yet. Create one to start adding devices.";
+    } else {
+      this.summary.textContent = `${groups.length} group${groups.length === 1 ? "" : "s"}, ` +
+        `${total} device${total === 1 ? "" : "s"}, ${online} online`;
+    }
+    this.list.replaceChildren(...sections);
+  }
+
+  _group(mesh, devices, shown, up) {
+    const heading = h("h2", { class: "group-name", text: mesh.name || "(unnamed group)" });
+    const counts = h("span", { class: "counts",
+      text: `${devices.length} device${devices.length === 1 ? "" : "s"} · ${up} online` });
+    const actions = h("div", { class: "group-actions" },
+      h("button", { type: "button", class: "add-agent", text: "Add agent",
+        "aria-label": `Add an agent to ${mesh.name}`, onclick: () => this._addAgent(mesh) }),
+      h("button", { type: "button", class: "delete-group danger-outline", text: "Delete",
+        "aria-label": `Delete group ${mesh.name}`, onclick: () => this._confirmDelete(mesh) }));
+    let body;
+    if (!devices.length) {
+      body = h("p", { class: "empty", text: "No devices yet. Use “Add agent” to install one." });
+    } else if (!shown.length) {
+      body = h("p", { class: "empty", text: "No device matches the filter." });
+    } else {
+      body = h("table", { class: "devices" },
+        h("thead", {}, h("tr", {}, ["Device", "State", "Operating system", "Address", "Since"]
+          .map((title) => h("th", { scope: "col", text: title })))),
+        h("tbody", {}, shown.map((node) => this._row(node))));
+    }
+    return h("section", { class: "group", dataset: { meshid: mesh._id, name: mesh.name } },
+      h("header", {}, h("div", { class: "group-title" }, heading, counts), actions),
+      mesh.desc ? h("p", { class: "desc", text: mesh.desc }) : null,
+      body);
+  }
+
+  _row(node) {
+    const state = connectionState(node.conn);
+    const since = state.online ? formatTime(node.agct) : formatTime(node.lastseen);
+    return h("tr", { class: state.online ? "device online" : "device offline",
+      dataset: { nodeid: node._id, name: node.name, online: state.online ? "1" : "0" } },
+    h("td", { class: "name" }, h("span", { class: "dot", "aria-hidden": "true" }),
+      node.name || "(unnamed)"),
+    h("td", { class: "state", text: state.label }),
+    h("td", { text: osName(node) }),
+    h("td", { text: node.ip || node.host || "" }),
+    h("td", { text: since }));
+  }
+}
