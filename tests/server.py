@@ -173,3 +173,48 @@ async def agent_group(server: ServerProcess, store: object, name: str) -> tuple[
     if response.status != 200:
         raise RuntimeError(f"/meshsettings answered {response.status}")
     return mesh_key, msh
+
+
+class PythonAgent:
+    """meshd's Python agent (``python -m agentsrc``) in its own folder, for tests.
+
+    ``start()`` may be called again after ``stop()`` (the agent keeps its state folder,
+    so it reconnects as the same device); ``cleanup()`` stops it and removes the folder.
+    """
+
+    def __init__(self, msh: bytes | str) -> None:
+        self.folder = tempfile.mkdtemp(prefix="pyagent-")
+        self.msh_path = os.path.join(self.folder, "meshagent.msh")
+        with open(self.msh_path, "wb") as f:
+            f.write(msh.encode("utf-8") if isinstance(msh, str) else msh)
+        self.log_path = os.path.join(self.folder, "agent.log")
+        self.process: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self) -> "PythonAgent":
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "agentsrc", "--msh", self.msh_path, "--fastkey"],
+                cwd=ROOT, env=server_env(), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL)
+        return self
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)

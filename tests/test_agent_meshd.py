@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import urllib.parse
 from typing import Any
@@ -17,7 +13,7 @@ from twisted.trial.unittest import TestCase
 
 from meshd.agent import identity
 from meshd.store.sqlite import SQLiteStore
-from tests.server import ROOT, ServerProcess, agent_group, fresh_datapath, server_env
+from tests.server import PythonAgent, ServerProcess, agent_group, fresh_datapath
 from tests.test_meshagent import eventually
 
 
@@ -34,36 +30,8 @@ class PythonAgentTests(TestCase):
         await store.open()
         self.addCleanup(store.close)
         mesh_key, msh = await agent_group(server, store, "py")
-        folder = tempfile.mkdtemp(prefix="pyagent-")
-        self.addCleanup(shutil.rmtree, folder, True)
-        with open(os.path.join(folder, "meshagent.msh"), "wb") as f:
-            f.write(msh)
-
-        def start_agent() -> subprocess.Popen[bytes]:
-            log = open(os.path.join(folder, "agent.log"), "ab")
-            process = subprocess.Popen(
-                [sys.executable, "-m", "agentsrc", "--msh", os.path.join(folder, "meshagent.msh"),
-                 "--fastkey"], cwd=ROOT, env=server_env(), stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL)
-            log.close()
-
-            def stop() -> None:
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
-                    try:
-                        process.wait(10)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                        process.wait()
-
-            self.addCleanup(stop)
-            return process
-
-        def agent_log() -> str:
-            with open(os.path.join(folder, "agent.log"), errors="replace") as f:
-                return f.read()
-
-        agent = start_agent()
+        agent = PythonAgent(msh).start()
+        self.addCleanup(agent.cleanup)
 
         async def core_reported() -> Any:
             nodes = await store.find_nodes_by_mesh([mesh_key])
@@ -72,20 +40,19 @@ class PythonAgentTests(TestCase):
             return None
 
         node = await eventually(core_reported, 60)
-        self.assertTrue(node, f"server log:\n{server.log()[-3000:]}\nagent log:\n{agent_log()}")
+        self.assertTrue(node, f"server log:\n{server.log()[-3000:]}\nagent log:\n{agent.log()}")
         self.assertIn("pushing core python", server.log())
         self.assertEqual(node["meshid"], mesh_key)
 
         # Restart: the agent pins the server and reconnects without the server's signature.
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(10)
+        agent.stop()
         connects = server.log().count(f"agent {node['_id']} connected")
-        start_agent()
+        agent.start()
 
         async def reconnected() -> bool:
             return server.log().count(f"agent {node['_id']} connected") > connects
 
-        self.assertTrue(await eventually(reconnected, 60), agent_log())
+        self.assertTrue(await eventually(reconnected, 60), agent.log())
         # The second connection found its core current: no second push.
         self.assertEqual(server.log().count("pushing core python"), 1)
 
@@ -118,23 +85,8 @@ class PythonAgentCommandTests(TestCase):
         conn.request("GET", "/meshsettings?id=" + urllib.parse.quote(mesh_id.split("/")[2]))
         msh = conn.getresponse().read()
         conn.close()
-        folder = tempfile.mkdtemp(prefix="pyagent-")
-        self.addCleanup(shutil.rmtree, folder, True)
-        with open(os.path.join(folder, "meshagent.msh"), "wb") as f:
-            f.write(msh)
-        log = open(os.path.join(folder, "agent.log"), "ab")
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "agentsrc", "--msh", os.path.join(folder, "meshagent.msh"),
-             "--fastkey"], cwd=ROOT, env=server_env(), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL)
-        log.close()
-
-        def stop() -> None:
-            if agent.poll() is None:
-                agent.send_signal(signal.SIGTERM)
-                agent.wait(10)
-
-        self.addCleanup(stop)
+        agent = PythonAgent(msh).start()
+        self.addCleanup(agent.cleanup)
         node = None
         deadline = _time.monotonic() + 60
         while node is None and _time.monotonic() < deadline:
@@ -180,15 +132,8 @@ class DomainAgentTests(TestCase):
         msh = conn.getresponse().read()
         conn.close()
         self.assertIn("/customer1/agent.ashx\r\n".encode(), msh)
-        folder = tempfile.mkdtemp(prefix="pyagent-")
-        self.addCleanup(shutil.rmtree, folder, True)
-        with open(os.path.join(folder, "meshagent.msh"), "wb") as f:
-            f.write(msh)
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "agentsrc", "--msh", os.path.join(folder, "meshagent.msh"),
-             "--fastkey"], cwd=ROOT, env=server_env(), stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        self.addCleanup(lambda: (agent.terminate(), agent.wait(10)))
+        agent = PythonAgent(msh).start()
+        self.addCleanup(agent.cleanup)
 
         async def online() -> Any:
             nodes = await store.find_nodes_by_mesh([mesh_key])

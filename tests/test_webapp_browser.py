@@ -7,11 +7,6 @@ import http.client
 import json
 import os
 import re
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from typing import Any, Callable, Optional
@@ -27,7 +22,7 @@ from meshd.web.app import (
     json_for_html,
 )
 from tests.browser import Session, browser
-from tests.server import ROOT, ServerProcess, fresh_datapath, server_env
+from tests.server import ROOT, PythonAgent, ServerProcess, fresh_datapath
 from tests.test_login import admin, login, request
 
 WEB = os.path.join(ROOT, "web")
@@ -303,39 +298,19 @@ class AgentTests(BrowserTestCase):
         msh = request(self.server, "GET", href).body
         self.assertIn(f"MeshName={name}", msh)
 
-        folder = tempfile.mkdtemp(prefix="pyagent-")
-        self.addCleanup(shutil.rmtree, folder, True)
-        with open(os.path.join(folder, "meshagent.msh"), "w") as f:
-            f.write(msh)
-        log = open(os.path.join(folder, "agent.log"), "ab")
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "agentsrc", "--msh", os.path.join(folder, "meshagent.msh"),
-             "--fastkey"], cwd=ROOT, env=server_env(), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL)
-        log.close()
-
-        def stop() -> None:
-            if agent.poll() is None:
-                agent.send_signal(signal.SIGTERM)
-                try:
-                    agent.wait(10)
-                except subprocess.TimeoutExpired:
-                    agent.kill()
-                    agent.wait()
-
-        self.addCleanup(stop)
+        agent = PythonAgent(msh).start()
+        self.addCleanup(agent.cleanup)
         try:
             page.wait_for_selector(f"{group} tr.device[data-online='1']", timeout=90000)
         except Exception:
-            with open(os.path.join(folder, "agent.log"), errors="replace") as f:
-                raise AssertionError(f"agent log:\n{f.read()[-3000:]}\nserver log:\n"
-                                     f"{self.server.log()[-3000:]}")
+            raise AssertionError(f"agent log:\n{agent.log()[-3000:]}\nserver log:\n"
+                                 f"{self.server.log()[-3000:]}")
         self.assertIn("Online (agent)", page.text_content(f"{group} tr.device") or "")
         self.assertIn("1 online", page.text_content(f"{group} .counts") or "")
         page.wait_for_selector(".toast:has-text('connected')")
         self.shot(session, "devices-online")
 
-        stop()
+        agent.stop()
         page.wait_for_selector(f"{group} tr.device[data-online='0']", timeout=30000)
         self.assertIn("Offline", page.text_content(f"{group} tr.device") or "")
         self.assertNoErrors(session)
