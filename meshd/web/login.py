@@ -204,6 +204,16 @@ def render_async(request: Request,
     return NOT_DONE_YET
 
 
+class _AuthPage(Resource):
+    """A page of the login flow (a leaf: no children)."""
+
+    isLeaf = True
+
+    def __init__(self, auth: WebAuth) -> None:
+        super().__init__()
+        self._auth = auth
+
+
 class LandingResource(Resource):
     """``GET /``: landing page, login form, or first-run account creation."""
 
@@ -234,13 +244,7 @@ class LandingResource(Resource):
         return page(auth.title, login_form() + extra)
 
 
-class LoginResource(Resource):
-    isLeaf = True
-
-    def __init__(self, auth: WebAuth) -> None:
-        super().__init__()
-        self._auth = auth
-
+class LoginResource(_AuthPage):
     def render_GET(self, request: Request) -> object:
         request.redirect(b"/")
         request.setResponseCode(303)
@@ -309,13 +313,7 @@ class LoginResource(Resource):
         return b""
 
 
-class LogoutResource(Resource):
-    isLeaf = True
-
-    def __init__(self, auth: WebAuth) -> None:
-        super().__init__()
-        self._auth = auth
-
+class LogoutResource(_AuthPage):
     def render_GET(self, request: Request) -> object:
         return render_async(request, lambda: self._logout(request))
 
@@ -334,13 +332,7 @@ class LogoutResource(Resource):
         return b""
 
 
-class CreateAccountResource(Resource):
-    isLeaf = True
-
-    def __init__(self, auth: WebAuth) -> None:
-        super().__init__()
-        self._auth = auth
-
+class CreateAccountResource(_AuthPage):
     def render_GET(self, request: Request) -> object:
         return render_async(request, lambda: self._form(request))
 
