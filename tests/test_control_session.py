@@ -1061,3 +1061,33 @@ class AuthTests(TestCase):
         self.assertIsNone(decode_cookie(text, key, NOW + 3 * 60, 2))
         tampered = ("A" if text[40] != "A" else "B").join((text[:40], text[41:]))
         self.assertIsNone(decode_cookie(tampered, key, NOW, 2))
+
+
+class CookieKeyTests(TestCase):
+    async def test_concurrent_first_use_makes_one_key(self) -> None:
+        """Concurrent first uses of the cookie key share one key (a cookie made by one decodes
+        with the other), even when the store answers slowly."""
+        from twisted.internet import defer as _defer
+
+        from meshd.control.cookies import LoginCookies
+        from meshd.store.memory import MemoryStore
+
+        store = MemoryStore()
+        store.open()
+        slow: list[_defer.Deferred[None]] = []
+        real_get = store.get
+
+        def get(doc_id: str) -> "_defer.Deferred[object]":
+            gate: _defer.Deferred[None] = _defer.Deferred()
+            slow.append(gate)
+            return gate.addCallback(lambda _: real_get(doc_id))
+
+        store.get = get  # type: ignore[method-assign]
+        cookies = LoginCookies(store, now=lambda: 1000.0)
+        first = _defer.Deferred.fromCoroutine(cookies.encode({"u": 1}))
+        second = _defer.Deferred.fromCoroutine(cookies.encode({"u": 2}))
+        while slow:
+            slow.pop(0).callback(None)
+        one, two = self.successResultOf(first), self.successResultOf(second)
+        self.assertEqual((await cookies.decode(one, 60))["u"], 1)
+        self.assertEqual((await cookies.decode(two, 60))["u"], 2)

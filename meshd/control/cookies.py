@@ -16,6 +16,7 @@ import json
 import os
 from typing import Any, Callable, Optional
 
+from twisted.internet.defer import DeferredLock
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -84,10 +85,22 @@ class LoginCookies:
         self._now = now
         self._random = random
         self._key: Optional[bytes] = None
+        self._lock = DeferredLock()
 
     async def key(self) -> bytes:
+        """The key, loaded (or made) once: the lock makes concurrent first callers share
+        one load, so they can never make two different keys."""
         if self._key is not None:
             return self._key
+        await self._lock.acquire()
+        try:
+            if self._key is None:
+                self._key = await self._load()
+            return self._key
+        finally:
+            self._lock.release()
+
+    async def _load(self) -> bytes:
         record = await self._store.get(self._key_id)
         key: Optional[bytes] = None
         if record is not None and isinstance(record.get("key"), str):
