@@ -73,6 +73,7 @@ async def connect(url: str, headers: dict[str, str] | None = None) -> Client:
 
     def build(addr: Any) -> Client:
         protocol = original(addr)
+        assert isinstance(protocol, Client)
         holder.append(protocol)
         return protocol
 
@@ -93,31 +94,43 @@ async def until(check: Any, timeout: float) -> Any:
     return check()
 
 
-class PythonAgentTerminalTests(TestCase):
-    timeout = 180
+class AgentSetup:
+    """A started meshd with an admin, a group, the Python agent connected to it, and the
+    admin's control channel; everything is cleaned up by the test."""
 
-    async def test_terminal_through_relay(self) -> None:
-        """The user asks for a terminal tunnel on control.ashx, joins the relay with its
-        auth cookie; the Python agent dials back, runs a shell on a pty, and
-        echo RELAY-$((6*7)) prints RELAY-42; closing the user side ends the session."""
+    password = "Relay-Pass-1"
+
+    def __init__(self, test: TestCase) -> None:
+        self.test = test
+        self.server: Any = None
+        self.control: Any = None
+        self.node_id = ""
+        self.base = ""
+        self.folder = ""
+        self.agent: Any = None
+
+    async def start(self) -> "AgentSetup":
         from tests.test_login import admin
 
+        test = self.test
         datapath = fresh_datapath()
-        server = ServerProcess(datapath).start()
-        self.addCleanup(server.stop)
-        password = "Relay-Pass-1"
-        self.assertEqual(admin(datapath, "createaccount", "admin", "--pass", password,
+        self.datapath = datapath
+        server = self.server = ServerProcess(datapath).start()
+        test.addCleanup(server.stop)
+        test.assertEqual(admin(datapath, "createaccount", "admin", "--pass", self.password,
                                "--siteadmin").returncode, 0)
-        meshauth = ",".join(base64.b64encode(x.encode()).decode() for x in ("admin", password))
-        base = f"wss://127.0.0.1:{server.port}"
-        control = await connect(base + "/control.ashx", {"x-meshauth": meshauth})
-        self.addCleanup(lambda: control.dropConnection(abort=True)
+        meshauth = ",".join(base64.b64encode(x.encode()).decode()
+                            for x in ("admin", self.password))
+        base = self.base = f"wss://127.0.0.1:{server.port}"
+        control = self.control = await connect(base + "/control.ashx",
+                                               {"x-meshauth": meshauth})
+        test.addCleanup(lambda: control.dropConnection(abort=True)
                         if control.transport else None)
         control.sendMessage(json.dumps({"action": "createmesh", "meshname": "relay",
                                         "meshtype": 2, "responseid": "m"}).encode())
         created = await until(lambda: [f for f in control.json_frames()
                                        if f.get("responseid") == "m"], 20)
-        self.assertEqual(created[0].get("result"), "ok", created)
+        test.assertEqual(created[0].get("result"), "ok", created)
         mesh_id = created[0]["meshid"]
 
         conn = http.client.HTTPSConnection("127.0.0.1", server.port,
@@ -125,8 +138,8 @@ class PythonAgentTerminalTests(TestCase):
         conn.request("GET", "/meshsettings?id=" + urllib.parse.quote(mesh_id.split("/")[2]))
         msh = conn.getresponse().read()
         conn.close()
-        folder = tempfile.mkdtemp(prefix="pyagent-")
-        self.addCleanup(shutil.rmtree, folder, True)
+        folder = self.folder = tempfile.mkdtemp(prefix="pyagent-")
+        test.addCleanup(shutil.rmtree, folder, True)
         with open(os.path.join(folder, "meshagent.msh"), "wb") as f:
             f.write(msh)
         log = open(os.path.join(folder, "agent.log"), "ab")
@@ -135,6 +148,7 @@ class PythonAgentTerminalTests(TestCase):
              "--fastkey"], cwd=ROOT, env=server_env(), stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL)
         log.close()
+        self.agent = agent
 
         def stop() -> None:
             if agent.poll() is None:
@@ -145,12 +159,7 @@ class PythonAgentTerminalTests(TestCase):
                     agent.kill()
                     agent.wait()
 
-        self.addCleanup(stop)
-
-        def agent_log() -> str:
-            with open(os.path.join(folder, "agent.log"), errors="replace") as f:
-                return f.read()
-
+        test.addCleanup(stop)
         node_id = None
         for attempt in range(120):
             control.sendMessage(json.dumps({"action": "nodes", "responseid": f"n{attempt}"})
@@ -163,34 +172,71 @@ class PythonAgentTerminalTests(TestCase):
                 node_id = ready[0]["_id"]
                 break
             await deferLater(reactor, 0.5, lambda: None)
-        self.assertIsNotNone(node_id, server.log()[-3000:] + agent_log())
+        test.assertIsNotNone(node_id, server.log()[-3000:] + self.agent_log())
         assert node_id is not None
+        self.node_id = node_id
+        return self
 
+    def agent_log(self) -> str:
+        try:
+            with open(os.path.join(self.folder, "agent.log"), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    @staticmethod
+    def peak_memory(pid: int) -> int:
+        """A process's peak resident memory in bytes (Linux ``VmHWM``)."""
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    async def tunnel(self, protocol: int) -> Client:
+        """A user relay side for ``protocol``, paired with the agent (``c`` received)."""
+        control, node_id, test = self.control, self.node_id, self.test
+        tag = base64.b16encode(os.urandom(4)).decode()
         control.sendMessage(json.dumps({"action": "authcookie"}).encode())
         cookies = await until(lambda: [f for f in control.json_frames()
                                        if f.get("action") == "authcookie"], 10)
-        cookie, rcookie = cookies[0]["cookie"], cookies[0]["rcookie"]
+        cookie, rcookie = cookies[-1]["cookie"], cookies[-1]["rcookie"]
         relay_id = base64.b64encode(os.urandom(9)).decode().replace("+", "@").replace("/", "$")
         quoted = urllib.parse.quote
         user = await connect(
-            f"{base}/meshrelay.ashx?browser=1&p=1&nodeid={quoted(node_id)}&id={quoted(relay_id)}"
-            f"&auth={quoted(cookie)}")
-        self.addCleanup(lambda: user.dropConnection(abort=True) if user.transport else None)
+            f"{self.base}/meshrelay.ashx?browser=1&p={protocol}&nodeid={quoted(node_id)}"
+            f"&id={quoted(relay_id)}&auth={quoted(cookie)}")
+        test.addCleanup(lambda: user.dropConnection(abort=True) if user.transport else None)
         control.sendMessage(json.dumps({
-            "action": "msg", "type": "tunnel", "nodeid": node_id, "usage": 1,
-            "value": f"*/meshrelay.ashx?p=1&nodeid={node_id}&id={relay_id}&rauth={rcookie}",
-            "responseid": "t"}).encode())
+            "action": "msg", "type": "tunnel", "nodeid": node_id, "usage": protocol,
+            "value": f"*/meshrelay.ashx?p={protocol}&nodeid={node_id}&id={relay_id}"
+                     f"&rauth={rcookie}",
+            "responseid": "t" + tag}).encode())
         routed = await until(lambda: [f for f in control.json_frames()
-                                      if f.get("responseid") == "t"], 10)
-        self.assertEqual(routed[0]["result"], "OK")
-        self.assertTrue(await until(lambda: (b"c", False) in user.frames, 30),
-                        server.log()[-3000:] + agent_log())
+                                      if f.get("responseid") == "t" + tag], 10)
+        test.assertEqual(routed[0]["result"], "OK")
+        test.assertTrue(await until(lambda: (b"c", False) in user.frames
+                                    or (b"cr", False) in user.frames, 30),
+                        self.server.log()[-3000:] + self.agent_log())
+        return user
+
+
+class PythonAgentTerminalTests(TestCase):
+    timeout = 180
+
+    async def test_terminal_through_relay(self) -> None:
+        """The user asks for a terminal tunnel on control.ashx, joins the relay with its
+        auth cookie; the Python agent dials back, runs a shell on a pty, and
+        echo RELAY-$((6*7)) prints RELAY-42; closing the user side ends the session."""
+        setup = await AgentSetup(self).start()
+        server, control = setup.server, setup.control
+        user = await setup.tunnel(1)
         user.sendMessage(json.dumps({"ctrlChannel": "102938", "type": "options",
                                      "cols": 100, "rows": 30}).encode(), isBinary=False)
         user.sendMessage(b"1", isBinary=False)
         user.sendMessage(b"echo RELAY-$((6*7))\r", isBinary=True)
         found = await until(lambda: b"RELAY-42" in user.output(), 30)
-        self.assertTrue(found, f"terminal said {user.output()[-2000:]!r}\n" + agent_log())
+        self.assertTrue(found, f"terminal said {user.output()[-2000:]!r}\n" + setup.agent_log())
         user.sendClose()
         await user.closed
 

@@ -13,11 +13,14 @@ when the bootstrap offers them as ``context.tls_hashes``).  On the relay, in ord
 1. server → agent text ``c`` (or ``cr``): the user side is there;
 2. user → agent JSON control frames ``{"ctrlChannel":"102938","type":…}`` (``options`` with
    ``cols``/``rows``, ``termsize``, ``close``…) at any time;
-3. user → agent the protocol as text (``"1"`` admin terminal, ``"8"`` user terminal);
-4. then data: keystrokes in (binary or text), terminal output out (binary frames).
+3. user → agent the protocol as text (``"1"`` admin terminal, ``"8"`` user terminal,
+   ``"5"`` files);
+4. then data: keystrokes in (binary or text), terminal output out (binary frames); or the
+   file manager's JSON commands and upload/download blocks (:mod:`.files`).
 
 A terminal needs the REMOTECONTROL right (8) and not NOTERMINAL (512), unless the rights are
-full; a refused protocol closes the tunnel without running anything.  The shell runs on a
+full; files need REMOTECONTROL and not NOFILES (1024), likewise; a refused protocol closes
+the tunnel without running anything.  The shell runs on a
 real pty; ``termsize`` resizes it (the kernel signals SIGWINCH).  When the shell exits the
 relay socket is closed; when the relay closes the shell is hung up.  Flow control: each side
 is registered as the other's producer, so a slow relay pauses reading the pty and a slow
@@ -39,6 +42,7 @@ from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.python.failure import Failure
 
+from .files import FileSession, files_allowed
 from .wsclient import WebSocketClient, parse_url
 
 __all__ = ["MAX_TUNNELS", "Tunnel", "TunnelManager", "relay_url"]
@@ -49,6 +53,7 @@ RIGHT_FULL = 0xFFFFFFFF
 RIGHT_REMOTE_CONTROL = 8
 RIGHT_NO_TERMINAL = 512
 TERMINAL_PROTOCOLS = (1, 8)
+FILES_PROTOCOL = 5
 MAX_CONTROL_FRAME = 64 * 1024
 
 
@@ -113,6 +118,7 @@ class Tunnel:
         self.protocol: Optional[int] = None
         self.size: tuple[int, int] = (80, 25)
         self._shell: Any = None
+        self._files: Optional[FileSession] = None
 
     # -- dialing -------------------------------------------------------------------------
 
@@ -159,6 +165,8 @@ class Tunnel:
             return
         if self._shell is not None:
             self._shell.write(payload)
+        elif self._files is not None:
+            self._files.received(payload, binary)
 
     def _control(self, payload: bytes) -> bool:
         """A ``ctrlChannel`` JSON frame: handled here (True), else it is data."""
@@ -192,8 +200,25 @@ class Tunnel:
                 self._log.info("terminal refused: rights {rights}", rights=self.rights)
                 return self.close()
             return self._start_terminal()
+        if protocol == FILES_PROTOCOL:
+            if not files_allowed(self.rights):
+                self._log.info("files refused: rights {rights}", rights=self.rights)
+                return self.close()
+            return self._start_files()
         self._log.info("tunnel protocol {protocol} not supported", protocol=protocol)
         self.close()
+
+    # -- files ---------------------------------------------------------------------------
+
+    def _start_files(self) -> None:
+        self._files = FileSession(self._send_frame, reactor=self._reactor, log=self._log,
+                                  request=self.request, server_log=self._manager.send)
+        self._log.info("files session started for {user}",
+                       user=str(self.request.get("username")))
+
+    def _send_frame(self, payload: bytes, binary: bool) -> None:
+        if self.ws is not None:
+            self.ws.send(payload, binary=binary)
 
     # -- terminal ------------------------------------------------------------------------
 
@@ -216,7 +241,8 @@ class Tunnel:
         if ws_transport is not None:
             # Back-pressure both ways: a full relay socket pauses the pty and vice versa.
             try:
-                ws_transport.registerProducer(self._shell, True)
+                ws_transport.registerProducer(  # type: ignore[attr-defined]
+                    self._shell, True)
                 self._shell.registerProducer(ws_transport, True)
             except RuntimeError:
                 self._log.failure("cannot chain the terminal's flow control")
@@ -250,7 +276,7 @@ class Tunnel:
             self.ws.close()
             # The relay answers by dropping the connection; do not wait for ever.
             transport = self.ws.transport
-            self._reactor.callLater(5, lambda: transport.abortConnection()
+            self._reactor.callLater(5, lambda: transport.abortConnection()  # type: ignore
                                     if getattr(transport, "connected", False) else None)
         else:
             self._closed("closed")
@@ -259,6 +285,9 @@ class Tunnel:
         if self.state == "closed":
             return
         self.state = "closed"
+        files, self._files = self._files, None
+        if files is not None:
+            files.close()
         shell, self._shell = self._shell, None
         if shell is not None:
             try:
@@ -281,6 +310,10 @@ class TunnelManager:
         self.log = context.log
         self._send = send
         self.tunnels: list[Tunnel] = []
+
+    def send(self, message: dict[str, Any]) -> None:
+        """One JSON message to the server on the control channel."""
+        self._send(message)
 
     def handle(self, message: dict[str, Any]) -> None:
         """``{"action":"msg","type":"tunnel","value":…,"servertlshash":…,"rights":…}``."""

@@ -4,6 +4,7 @@
 * :mod:`~meshd.relay.server`   who a side is (cookies, sessions, relay cookies); events
 * :mod:`~meshd.relay.protocol` the Autobahn adapter and :func:`relay_resource`
 * :mod:`~meshd.relay.tunnel`   the control channel's ``msg``/``tunnel`` → the agent
+* :mod:`~meshd.relay.recording` the ``.mcrec`` recording codec (writer/reader, sans-IO)
 """
 
 from __future__ import annotations
