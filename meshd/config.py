@@ -195,6 +195,27 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class SessionRecording:
+    """Relay session recording (``domains.<name>.sessionRecording``: ``true`` or an object)."""
+
+    protocols: tuple[int, ...] = _key("protocols",
+                                      "Relay protocols to record (1 terminal, 2 desktop, "
+                                      "5 files...); empty: all.", ())
+    file_path: Optional[str] = _key("filePath",
+                                    "Folder of the recordings (default: recordings/ in the "
+                                    "data folder).", None)
+    max_recordings: int = _key("maxRecordings",
+                               "Most recordings kept; the oldest are deleted (0: no limit).",
+                               0, check=_positive)
+    max_recording_size_megabytes: int = _key("maxRecordingSizeMegabytes",
+                                             "Most megabytes of recordings kept (0: no "
+                                             "limit).", 0, check=_positive)
+    max_recording_days: int = _key("maxRecordingDays",
+                                   "Days a recording is kept (0: no limit).", 0,
+                                   check=_positive)
+
+
+@dataclass(frozen=True)
 class Domain:
     """One domain (``domains.<name>``); ``""`` is the default domain."""
 
@@ -205,6 +226,9 @@ class Domain:
                                         "(default: settings.newAccounts).", None)
     user_name_is_email: bool = _key("userNameIsEmail", "Users log in with their e-mail address.",
                                     False)
+    session_recording: Optional[SessionRecording] = _key(
+        "sessionRecording", "Record relay sessions in MeshCentral's .mcrec format: true, or an "
+        "object with the keys below.", None)
 
 
 def _acme_names(value: str) -> Optional[str]:
@@ -325,6 +349,8 @@ _MESHCENTRAL_ONLY: dict[str, frozenset[str]] = {
         "usersessionidletimeout usersessionssort webemailspath welcomepicture "
         "welcomepicturefullscreen welcometext yubikey"
     ).split()),
+    "domains.*.sessionrecording": frozenset({"onlyselectedusers", "onlyselectedusergroups",
+                                             "onlyselecteddevicegroups", "index"}),
     "letsencrypt": frozenset({"custom", "skipchallengeverification", "zerossl", "nochecks",
                               "lib"}),
     "smtp": frozenset({"emaildelayseconds", "name", "auth", "tlsstrict", "verifyemail"}),
@@ -414,7 +440,18 @@ class _Parser:
             args = [a for a in typing.get_args(tp) if a is not type(None)]
             if value is None:
                 return None
+            if isinstance(value, bool) and dataclasses.is_dataclass(args[0]):
+                # MeshCentral's "true, or an object of options": true means the defaults.
+                return args[0]() if value else None
             return self.parse_value(args[0], value, path, section)
+        if origin is tuple:
+            item_type = typing.get_args(tp)[0]
+            if not isinstance(value, list):
+                self.errors.append(f"{path}: expected a list, got {_json_name(value)}")
+                return _INVALID
+            items = [self.parse_value(item_type, item, f"{path}[{i}]", section)
+                     for i, item in enumerate(value)]
+            return _INVALID if any(i is _INVALID for i in items) else tuple(items)
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 self.errors.append(f"{path}: expected an object, got {_json_name(value)}")
@@ -518,7 +555,8 @@ def _reference_rows(cls: Any, prefix: str) -> list[tuple[str, str, str, str]]:
         path = f"{prefix}.{key}" if prefix else key
         if dataclasses.is_dataclass(inner):
             if prefix:
-                rows.append((path, "object", "", f.metadata["doc"]))
+                kind = "boolean or object" if inner is not tp else "object"
+                rows.append((path, kind, "", f.metadata["doc"]))
             rows.extend(_reference_rows(inner, path))
             continue
         if typing.get_origin(inner) is not None and typing.get_origin(inner).__name__ == "Mapping":
@@ -531,6 +569,9 @@ def _reference_rows(cls: Any, prefix: str) -> list[tuple[str, str, str, str]]:
         else:
             default = ""
         kind = {bool: "boolean", int: "integer", str: "string"}.get(inner, str(inner))
+        if typing.get_origin(inner) is tuple:
+            item = typing.get_args(inner)[0]
+            kind = "list of " + {int: "integers", str: "strings"}.get(item, str(item))
         rows.append((path, kind, default, f.metadata["doc"]))
     return rows
 

@@ -50,6 +50,7 @@ from meshd.control import control_hub, control_resource
 from meshd.events import LocalEventBus
 from meshd.presence import LocalPresence
 from meshd.relay import RelayServer, relay_resource
+from meshd.relay.recorder import recorders_from_config
 from meshd.config import Config
 from meshd.mps.protocol import MpsServerFactory
 from meshd.mps.webrelay import webrelay_resource
@@ -439,7 +440,8 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
                       clock=reactor)
     # One relay table for every domain's /[domain/]meshrelay.ashx; it logs users in as
     # the control channel does.
-    relay = relay_resource(RelayServer.from_hub(hub), reactor)
+    relay = relay_resource(RelayServer.from_hub(hub, recorder_for=recorders_from_config(
+        config.domains, datapath, reactor.seconds, store)), reactor)
 
     def agent_paths(domain: str, manager: AgentManager) -> dict[bytes, Any]:
         """What agents and their installers use, for one domain."""

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.parse
-from typing import Any
+from typing import Any, Optional
 
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
@@ -100,8 +100,9 @@ class AgentSetup:
 
     password = "Relay-Pass-1"
 
-    def __init__(self, test: TestCase) -> None:
+    def __init__(self, test: TestCase, config: Optional[dict[str, Any]] = None) -> None:
         self.test = test
+        self.config = config
         self.server: Any = None
         self.control: Any = None
         self.node_id = ""
@@ -115,7 +116,12 @@ class AgentSetup:
         test = self.test
         datapath = fresh_datapath()
         self.datapath = datapath
-        server = self.server = ServerProcess(datapath).start()
+        extra: list[str] = []
+        if self.config is not None:
+            with open(datapath + ".json", "w") as f:
+                json.dump(self.config, f)
+            extra = ["--config", datapath + ".json"]
+        server = self.server = ServerProcess(datapath, extra).start()
         test.addCleanup(server.stop)
         test.assertEqual(admin(datapath, "createaccount", "admin", "--pass", self.password,
                                "--siteadmin").returncode, 0)
@@ -247,3 +253,64 @@ class PythonAgentTerminalTests(TestCase):
         control.sendClose()
         await control.closed
         await deferLater(reactor, 0.1, lambda: None)
+
+
+class RecordingTests(TestCase):
+    timeout = 180
+
+    async def test_terminal_session_recorded(self) -> None:
+        """With sessionRecording on, a terminal session is announced with "cr", written as a
+        .mcrec file (metadata, both directions with their flags, end record) and indexed."""
+        from meshd.relay.recording import RecordingError, read_recording
+        from meshd.store.sqlite import SQLiteStore
+
+        setup = await AgentSetup(self, {"domains": {"": {"sessionRecording": {
+            "protocols": [1]}}}}).start()
+        user = await setup.tunnel(1)
+        self.assertIn((b"cr", False), user.frames)
+        user.sendMessage(b"1", isBinary=False)
+        user.sendMessage(b"echo REC-$((6*7))\r", isBinary=True)
+        self.assertTrue(await until(lambda: b"REC-42" in user.output(), 30), setup.agent_log())
+        user.sendClose()
+        await user.closed
+        folder = os.path.join(setup.datapath, "recordings")
+
+        def written() -> list[str]:
+            try:
+                return [n for n in os.listdir(folder) if n.endswith(".mcrec")]
+            except OSError:
+                return []
+
+        names = await until(written, 10)
+        self.assertTrue(names, setup.server.log()[-3000:])
+        path = os.path.join(folder, names[0])
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+
+        async def complete() -> Any:
+            with open(path, "rb") as f:
+                try:
+                    parsed = read_recording(f.read())
+                except RecordingError:
+                    return None  # still being written
+            return parsed if parsed[2] else None
+
+        deadline = reactor.seconds() + 10
+        parsed = None
+        while parsed is None and reactor.seconds() < deadline:
+            parsed = await complete()
+            if parsed is None:
+                await deferLater(reactor, 0.2, lambda: None)
+        assert parsed is not None, "the recording never got its end record"
+        metadata, records, ended = parsed
+        self.assertEqual((metadata["userid"], metadata["protocol"], metadata["nodeid"]),
+                         ("user//admin", "1", setup.node_id))
+        typed = b"".join(r.payload for r in records if r.from_user)
+        shown = b"".join(r.payload for r in records if not r.from_user)
+        self.assertIn(b"echo REC-$((6*7))", typed)
+        self.assertIn(b"REC-42", shown)
+        store = SQLiteStore(setup.datapath, reactor)
+        await store.open()
+        self.addCleanup(store.close)
+        [index] = await store.find_by_type("recording")
+        self.assertEqual((index["file"], index["protocol"], index["nodeid"]),
+                         (names[0], 1, setup.node_id))

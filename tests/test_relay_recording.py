@@ -111,3 +111,43 @@ class RecordingCodecTests(TestCase):
             read_recording(data)
         except RecordingError:
             pass
+
+
+class RecorderQuotaTests(TestCase):
+    def test_quotas_delete_oldest(self) -> None:
+        """Count, size and age quotas delete the oldest recordings first."""
+        import os
+        import tempfile
+
+        from meshd.config import SessionRecording
+        from meshd.relay.recorder import Recorder
+
+        folder = tempfile.mkdtemp()
+        now = 1_700_000_000.0
+        for i, (age_days, size) in enumerate([(10, 100), (3, 100), (2, 300), (1, 100)]):
+            path = os.path.join(folder, f"r{i}.mcrec")
+            with open(path, "wb") as f:
+                f.write(b"x" * size)
+            os.utime(path, (now - age_days * 86400, now - age_days * 86400))
+        recorder = Recorder(SessionRecording(max_recording_days=5), folder, domain="",
+                            now=lambda: now)
+        recorder.apply_quotas()
+        self.assertEqual(sorted(os.listdir(folder)), ["r1.mcrec", "r2.mcrec", "r3.mcrec"])
+        recorder.policy = SessionRecording(max_recordings=2)
+        recorder.apply_quotas()
+        self.assertEqual(sorted(os.listdir(folder)), ["r2.mcrec", "r3.mcrec"])
+        recorder.policy = SessionRecording(max_recording_size_megabytes=1)
+        recorder.apply_quotas()
+        self.assertEqual(len(os.listdir(folder)), 2)  # 400 bytes fit in 1 MB
+
+    def test_wants(self) -> None:
+        """Only listed protocols are recorded, and only with a user and a device."""
+        from meshd.config import SessionRecording
+        from meshd.relay.recorder import Recorder
+
+        recorder = Recorder(SessionRecording(protocols=(1,)), "/nonexistent", domain="",
+                            now=lambda: 0.0)
+        self.assertTrue(recorder.wants(1, "user//a", "node//n"))
+        self.assertFalse(recorder.wants(5, "user//a", "node//n"))
+        self.assertFalse(recorder.wants(1, None, "node//n"))
+        self.assertFalse(recorder.wants(1, "user//a", None))

@@ -99,6 +99,7 @@ class Relay:
     started: Optional[float] = None
     protocol: Optional[int] = None
     recorded: bool = False
+    recording: Any = None  # a meshd.relay.recorder.RecordingFile while recording
 
     @property
     def user_side(self) -> Optional[Side]:
@@ -129,9 +130,11 @@ class RelayTable:
 
     def __init__(self, clock: Any, *, on_start: Optional[SessionCallback] = None,
                  on_end: Optional[SessionCallback] = None,
-                 lonely_seconds: float = LONELY_SECONDS, early_limit: int = EARLY_LIMIT
-                 ) -> None:
+                 lonely_seconds: float = LONELY_SECONDS, early_limit: int = EARLY_LIMIT,
+                 recorder_for: Optional[Callable[[str], Any]] = None) -> None:
         self._clock = clock
+        # domain -> Recorder (meshd.relay.recorder) or None: who records what.
+        self._recorder_for = recorder_for
         self._on_start = on_start
         self._on_end = on_end
         self._lonely_seconds = lonely_seconds
@@ -195,6 +198,7 @@ class RelayTable:
                 return
             side.early.append((payload, binary))
             return
+        self._record(side, payload, binary)
         side.partner.peer.send(payload, binary)
 
     def send_blocked(self, peer: Any) -> None:
@@ -245,6 +249,7 @@ class RelayTable:
         relay.protocol = second.info.protocol if second.info.protocol is not None \
             else first.info.protocol
         relay.recorded = first.info.recorded or second.info.recorded
+        self._start_recording(relay)
         self.stats["paired"] += 1
         start = CONNECTED_RECORDED if relay.recorded else CONNECTED
         first.peer.send(start, False)
@@ -256,6 +261,7 @@ class RelayTable:
             for payload, binary in early:
                 if side.partner is None:
                     break
+                self._record(side, payload, binary)
                 side.partner.peer.send(payload, binary)
         for side in (first, second):
             if not side.gone:
@@ -303,8 +309,44 @@ class RelayTable:
             if not one.gone:
                 one.gone = True
                 one.peer.close()
+        if relay.recording is not None:
+            recording, relay.recording = relay.recording, None
+            user = relay.user_side
+            try:
+                recording.recorder.finished(
+                    recording, relay_id=relay.relay_id, protocol=relay.protocol or 0,
+                    user_id=user.info.user_id if user else "", node_id=relay.node_id or "",
+                    started=relay.started or self._clock.seconds())
+            except Exception:
+                self._log.failure("finishing the recording of {relay_id} failed",
+                                  relay_id=relay.relay_id[:64])
         if relay.started is not None and self._on_end is not None:
             self._report(self._on_end, relay)
+
+    def _start_recording(self, relay: Relay) -> None:
+        """Open the session's recording if its domain records this kind of session."""
+        user = relay.user_side
+        if self._recorder_for is None or user is None or not user.info.user_id:
+            return
+        parts = user.info.user_id.split("/")
+        recorder = self._recorder_for(parts[1] if len(parts) == 3 else "")
+        node_id = relay.node_id
+        if recorder is None or not recorder.wants(relay.protocol, user.info.user_id, node_id):
+            return
+        other = relay.second if user is relay.first else relay.first
+        recording = recorder.open(
+            relay_id=relay.relay_id, protocol=relay.protocol, user_id=user.info.user_id,
+            user_name=user.info.user_name, node_id=node_id,
+            addresses=(user.info.address, other.info.address if other else ""))
+        if recording is not None:
+            recording.recorder = recorder
+            relay.recording = recording
+            relay.recorded = True
+
+    def _record(self, side: Side, payload: bytes, binary: bool) -> None:
+        relay = side.relay
+        if relay is not None and relay.recording is not None:
+            relay.recording.frame(payload, binary, from_user=side is relay.user_side)
 
     def _report(self, callback: SessionCallback, relay: Relay) -> None:
         try:

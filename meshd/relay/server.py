@@ -16,7 +16,7 @@ Session start and end are dispatched as MeshCentral's ``relaylog`` events (msgid
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.logger import Logger
 
@@ -74,14 +74,16 @@ class RelayServer:
     _log = Logger()
 
     def __init__(self, *, store: IStore, bus: IEventBus, clock: Any, auth: Authenticator,
-                 cookies: LoginCookies, lonely_seconds: Optional[float] = None) -> None:
+                 cookies: LoginCookies, lonely_seconds: Optional[float] = None,
+                 recorder_for: Optional[Callable[[str], Any]] = None) -> None:
         self.store = store
         self.bus = bus
         self.clock = clock
         self.auth = auth
         self.cookies = cookies
         extra = {} if lonely_seconds is None else {"lonely_seconds": lonely_seconds}
-        self.table = RelayTable(clock, on_start=self._started, on_end=self._ended, **extra)
+        self.table = RelayTable(clock, on_start=self._started, on_end=self._ended,
+                                recorder_for=recorder_for, **extra)
 
     @classmethod
     def from_hub(cls, hub: Any, **kwargs: Any) -> "RelayServer":
