@@ -4,6 +4,7 @@
     meshd-admin [...] resetaccount NAME [--pass P]
     meshd-admin [...] adminaccount NAME [--remove]
     meshd-admin [...] listaccounts [--json]
+    meshd-admin [...] enrolcode NAME
     meshd-admin [...] dbexport FILE
     meshd-admin [...] dbimport FILE [--merge] [--dry-run] [--strict] [--progress-every N]
 
@@ -86,6 +87,11 @@ class AdminAccountOptions(_NamedOptions):
     optFlags = [["remove", None, "Take the site rights away instead."]]
 
 
+class EnrolCodeOptions(_NamedOptions):
+    synopsis = "NAME"
+    optParameters = [["domain", None, "", "Domain."]]
+
+
 class ListAccountsOptions(usage.Options):
     optFlags = [["json", None, "One JSON object a line."]]
 
@@ -150,6 +156,8 @@ class Options(usage.Options):
         ["resetaccount", None, ResetAccountOptions, "Set a new password."],
         ["adminaccount", None, AdminAccountOptions, "Make an account site administrator."],
         ["listaccounts", None, ListAccountsOptions, "List the accounts."],
+        ["enrolcode", None, EnrolCodeOptions,
+         "Issue a one-time two-factor enrolment code for an account (shown once)."],
         ["dbexport", None, DbExportOptions, "Export the whole database as JSON lines."],
         ["dbimport", None, DbImportOptions,
          "Import a dbexport file or a MeshCentral meshcentral.db."],
@@ -324,6 +332,20 @@ async def _run(reactor: Any, options: Options, out: TextIO, stdin: TextIO,
             out.write(f"CIRA user {user}\nCIRA password {password}\n"
                       "Provision these into Intel AMT now: the password is not shown again, "
                       "and devices using older credentials of this group are now refused.\n")
+        elif command == "enrolcode":
+            from meshd.control.twofactor import issue_enrol_code
+
+            account = await accounts.get(sub["name"], sub["domain"])
+            if account is None:
+                raise AccountError(f"no account named {sub['name']!r}")
+            code, expire = await issue_enrol_code(store, account["_id"], "meshd-admin",
+                                                  reactor.seconds(), os.urandom)
+            until = datetime.fromtimestamp(expire / 1000, timezone.utc).strftime(
+                "%Y-%m-%d %H:%M UTC")
+            out.write(f"{code}\n")
+            err.write(f"one-time two-factor enrolment code for {account['name']}, valid until "
+                      f"{until}; it replaces any earlier code. Hand it over out of band: with "
+                      f"settings.force2factor, enrolment needs it and the password.\n")
         elif command == "listaccounts":
             for user in await accounts.list():
                 if sub["json"]:

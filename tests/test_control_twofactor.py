@@ -388,3 +388,40 @@ class Force2FactorServerTests(SynchronousTestCase):
         me = json.loads(self.ctl.run("userinfo", "--json", "--token", now_code(secret),
                                      user=name))
         self.assertEqual((me["_id"], me["otpsecret"]), (f"user//{name}", 1))
+
+    def test_admin_cli_enrolcode(self) -> None:
+        """``meshd-admin enrolcode NAME`` prints a one-time code (and only the code on
+        standard output) that enrols the user once; an unknown account is an error."""
+        name = "c" + uuid.uuid4().hex[:8]
+        token = ["--token", now_code(ADMIN_SECRET)]
+        self.assertEqual(self.ctl.run("adduser", "--user", name, "--pass", PASSWORD,
+                                      *token).strip(), "ok")
+        issued = admin(self.server.datapath, "enrolcode", name)
+        self.assertEqual(issued.returncode, 0, issued.stderr)
+        code = issued.stdout.strip()
+        self.assertRegex(code, r"^[A-Z2-9]{4}(-[A-Z2-9]{4}){3}$")
+        self.assertIn(f"enrolment code for {name}", issued.stderr)
+        record = self._enrol_record(name)
+        assert record is not None
+        self.assertEqual((record["type"], record["by"]), ("otpenrol", "meshd-admin"))
+        self.assertNotIn(code, json.dumps(record))
+        answer = login(self.server, name, PASSWORD)
+        self.assertEqual(answer.status, 303)
+        user = WebSocketClient(self.server.port, headers={"Cookie": f"xid={answer.cookie()}"})
+        self.addCleanup(user.close)
+        user.send_json({"action": "otpauth-request"})
+        secret = reply_to(user, "otpauth-request")["secret"]
+        user.send_json({"action": "otpauth-setup", "secret": secret, "token": now_code(secret),
+                        "password": PASSWORD, "enrolcode": code})
+        self.assertTrue(reply_to(user, "otpauth-setup")["success"])
+        # Only a hash of the code was stored, and enrolling spent it.
+        self.assertEqual(self._enrol_record(name), None)
+        missing = admin(self.server.datapath, "enrolcode", "nosuch" + name)
+        self.assertEqual((missing.returncode, missing.stdout), (1, ""))
+        self.assertIn("no account named", missing.stderr)
+
+    def _enrol_record(self, name: str) -> Optional[dict[str, Any]]:
+        with sqlite3.connect(os.path.join(self.server.datapath, "meshd.db")) as db:
+            rows = db.execute("SELECT doc FROM documents WHERE id = ?",
+                              (f"otpenrol-user//{name}",)).fetchall()
+        return json.loads(rows[0][0]) if rows else None

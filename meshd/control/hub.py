@@ -66,6 +66,9 @@ class ControlHub:
                                   run_blocking=run_blocking, limiter=limiter,
                                   force2factor=force2factor)
         self.sessions: dict[str, "ControlSession"] = {}
+        # Device listings being built, shared by concurrent identical ``nodes`` requests
+        # (see meshd.control.actions.devices.Coalescer).
+        self.listings: dict[Any, Any] = {}
 
     @property
     def force2factor(self) -> bool:

@@ -74,6 +74,10 @@ class Call:
     def send(self, message: dict[str, Any]) -> None:
         self.session.send(message)
 
+    def send_text(self, text: str) -> None:
+        """Send a frame already encoded (a shared ``nodes`` answer)."""
+        self.session.send_text(text)
+
     def respond(self, **fields: Any) -> None:
         """Always answer, with ``responseid`` when the request had one."""
         message: dict[str, Any] = {"action": self.action}
@@ -157,6 +161,10 @@ class ControlSession:
     def send(self, message: dict[str, Any]) -> None:
         if not self.closed:
             self._send_text(dumps(message))
+
+    def send_text(self, text: str) -> None:
+        if not self.closed:
+            self._send_text(text)
 
     # -- requests ----------------------------------------------------------------------
 

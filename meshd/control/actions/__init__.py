@@ -19,6 +19,7 @@ ACTIONS: dict[str, Callable[[Any], Any]] = {
     "adduser": users.adduser,
     "edituser": users.edituser,
     "deleteuser": users.deleteuser,
+    "changepassword": users.changepassword,
     "wssessioncount": users.wssessioncount,
     "userbroadcast": users.userbroadcast,
     "authcookie": users.authcookie,

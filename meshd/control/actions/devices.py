@@ -15,7 +15,10 @@ rather than a hint that it exists.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Coroutine, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from meshd.agent.identity import encode_id
 from meshd.control.actions._util import (
@@ -51,7 +54,7 @@ from meshd.control.rights import (
     MESHRIGHT_WAKEDEVICE,
 )
 from meshd.control.session import Call
-from meshd.control.views import safe_node, safe_user
+from meshd.control.views import dumps, safe_node, safe_user
 from meshd.presence import CONN_AGENT
 from meshd.store.interface import Document
 
@@ -65,31 +68,44 @@ def _tag(call: Call) -> dict[str, Any]:
 
 def _live(call: Call, node: Document) -> Document:
     """The device as a client sees it: no secrets, live connectivity added."""
-    view = safe_node(node)
-    presence = call.hub.presence
-    conn = presence.state(node["_id"])
+    return _add_live(call.hub.presence, safe_node(node))
+
+
+def _add_live(presence: Any, view: Document) -> Document:
+    """Add ``conn``/``pwr``/``agct`` from presence: O(1) per device (a dict look-up),
+    and the agent's connection only for devices that are connected."""
+    conn = presence.state(view["_id"])
     if conn:
         view["conn"] = conn
         view["pwr"] = 1
-        agent = presence.get(node["_id"], CONN_AGENT)
+        agent = presence.get(view["_id"], CONN_AGENT)
         if agent is not None:
             view["agct"] = int(agent.since * 1000)
     return view
 
 
-async def _name_links(call: Call, nodes: list[Document]) -> None:
-    """Give each device link a display name (the user's real name, else name)."""
+async def _name_links(store: Any, nodes: list[Document]) -> None:
+    """Give each device link a display name (the user's real name, else name).
+
+    The views share their ``links`` with the stored records (views are shallow), so a
+    view whose links get a name gets its own copy of ``links`` and of each named link."""
     wanted = {key for node in nodes if isinstance(node.get("links"), dict)
               for key, link in node["links"].items()
               if key.startswith("user/") and isinstance(link, dict) and not link.get("name")}
     if not wanted:
         return
     names = {u["_id"]: u.get("realname") or u.get("name")
-             for u in await call.store.get_many(sorted(wanted))}
+             for u in await store.get_many(sorted(wanted))}
     for node in nodes:
-        for key, link in (node.get("links") or {}).items():
-            if isinstance(link, dict) and not link.get("name") and names.get(key):
-                link["name"] = names[key]
+        links = node.get("links")
+        if not isinstance(links, dict) or not any(
+                isinstance(link, dict) and not link.get("name") and names.get(key)
+                for key, link in links.items()):
+            continue
+        node["links"] = {key: ({**link, "name": names[key]}
+                               if isinstance(link, dict) and not link.get("name")
+                               and names.get(key) else link)
+                         for key, link in links.items()}
 
 
 async def nodes(call: Call) -> None:
@@ -122,24 +138,116 @@ async def nodes(call: Call) -> None:
         if call.responseid is not None:
             call.respond(result=error)
         return
-    found = await call.store.find_nodes_by_mesh(mesh_ids, DOMAIN) if mesh_ids else []
-    seen = {n["_id"] for n in found}
-    if extra_nodes:
-        found += [n for n in await call.store.get_many([i for i in extra_nodes if i not in seen])
-                  if n.get("type") == "node"]
     only = cmd.get("id") if isinstance(cmd.get("id"), str) else None
     if only is not None:
-        only = full_id("node", only)
+        grouped = await _listing(call, mesh_ids, extra_nodes, full_id("node", only))
+        call.respond(nodes=grouped, **_tag(call))
+        return
+    # Every other listing is built once for all the concurrent requests that want the
+    # same groups and devices, and sent as the same text.
+    key = (DOMAIN, tuple(mesh_ids), tuple(extra_nodes))
+    listings = call.hub.listings
+    coalescer = listings.get(key)
+    if coalescer is None:
+        def idle(done: Coalescer) -> None:
+            if listings.get(key) is done:
+                del listings[key]
+
+        coalescer = listings[key] = Coalescer(
+            lambda: _encoded_listing(call.hub, mesh_ids, extra_nodes), idle)
+    text = await coalescer.run()
+    head: dict[str, Any] = {"action": "nodes"}
+    if call.responseid is not None:
+        head["responseid"] = call.responseid
+    tail = f',"tag":{dumps(call.command["tag"])}' if "tag" in call.command else ""
+    call.send_text(f'{dumps(head)[:-1]},"nodes":{text}{tail}}}')
+
+
+class Coalescer:
+    """One piece of work shared by concurrent callers, without handing out stale data.
+
+    A caller that comes while no run is going starts one; a caller that comes during a
+    run waits for the *next* run, which starts when the current one ends and serves
+    everyone who came meanwhile.  It never joins the current run: that run may have
+    read the store before the caller came, and so miss a change the caller already saw
+    acknowledged.  Under load, N identical requests cost about two runs instead of N.
+    ``idle(self)`` is called when no run is going and nobody waits.
+    """
+
+    def __init__(self, work: Callable[[], Coroutine[Any, Any, Any]],
+                 idle: Callable[["Coalescer"], Any]) -> None:
+        self._work = work
+        self._idle = idle
+        self._running = False
+        self._waiting: list[Deferred[Any]] = []
+
+    def run(self) -> "Deferred[Any]":
+        waiter: Deferred[Any] = Deferred()
+        self._waiting.append(waiter)
+        if not self._running:
+            self._start()
+        return waiter
+
+    def _start(self) -> None:
+        waiters, self._waiting = self._waiting, []
+        self._running = True
+
+        def done(result: Any) -> None:
+            self._running = False
+            for waiter in waiters:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
+            if self._running:  # a waiter's next request already started a run
+                return
+            if self._waiting:
+                self._start()
+            else:
+                self._idle(self)
+
+        Deferred.fromCoroutine(self._work()).addBoth(done)
+
+
+async def _encoded_listing(hub: Any, mesh_ids: list[str], extra_nodes: list[str]) -> str:
+    return dumps(await _listing_of(hub, mesh_ids, extra_nodes, None))
+
+
+async def _listing(call: Call, mesh_ids: list[str], extra_nodes: list[str],
+                   only: Optional[str]) -> dict[str, list[Document]]:
+    return await _listing_of(call.hub, mesh_ids, extra_nodes, only)
+
+
+async def _listing_of(hub: Any, mesh_ids: list[str], extra_nodes: list[str],
+                      only: Optional[str]) -> dict[str, list[Document]]:
+    """``{meshid: [device view…]}`` of the groups' devices plus the linked devices,
+    ordered by group then name.  The records are read once and never changed (views are
+    shallow copies), so the views may be shared."""
+    store = hub.store
+    found = list(await store.find_nodes_by_mesh(mesh_ids, DOMAIN)) if mesh_ids else []
+    if extra_nodes:
+        seen = {n["_id"] for n in found}
+        wanted = [i for i in extra_nodes if i not in seen]
+        if wanted:
+            found += [n for n in await store.get_many(wanted) if n.get("type") == "node"]
+    if only is not None:
         found = [n for n in found if n["_id"] == only]
     order = {mid: index for index, mid in enumerate(mesh_ids)}
-    found.sort(key=lambda n: (order.get(n.get("meshid", ""), len(order)),
-                              str(n.get("name", "")).lower(), n["_id"]))
+    last = len(order)
+
+    def sort_key(node: Document) -> tuple[int, str, str]:
+        name = node.get("name", "")
+        return (order.get(node.get("meshid", ""), last),
+                (name if isinstance(name, str) else str(name)).lower(), node["_id"])
+
+    found.sort(key=sort_key)
+    presence = hub.presence
+    views = [_add_live(presence, safe_node(node)) for node in found]
+    await _name_links(store, views)
     grouped: dict[str, list[Document]] = {}
-    views = [_live(call, node) for node in found]
-    await _name_links(call, views)
     for view in views:
         grouped.setdefault(view.pop("meshid", ""), []).append(view)
-    call.respond(nodes=grouped, **_tag(call))
+    return grouped
 
 
 def _new_device_checks(call: Call) -> Optional[str]:

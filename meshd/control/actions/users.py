@@ -23,6 +23,7 @@ from meshd.control.actions._util import (
     valid_str,
     valid_str_list,
 )
+from meshd.control.actions.twofactor import _blocked, _failed, _settings_locked, _targets
 from meshd.control.hub import mesh_targets, node_targets
 from meshd.control.rights import (
     ADDUSER_GRANTABLE,
@@ -415,3 +416,41 @@ async def login_tokens(call: Call) -> None:
         for session in list(call.hub.sessions.values()):
             if session.login_token in removed and session.user_id == call.user_id:
                 session.close()
+
+
+async def changepassword(call: Call) -> None:
+    """``{oldpass, newpass, responseid?}``: the caller's own password (MeshCentral's
+    "Account Settings" dialog) → ``result:"ok"`` or ``Current password not correct.``,
+    ``Invalid password``, ``Not allowed`` (login-token session or locked settings), and
+    the event ``accountchange`` msgid 74.  MeshCentral answers with notify pop-ups only;
+    meshd also answers ``result`` when a ``responseid`` is sent."""
+    cmd, user = call.command, call.user
+    if call.session.login_token is not None or _settings_locked(user):
+        return call.result("Not allowed")
+    old, new = cmd.get("oldpass"), cmd.get("newpass")
+    try:
+        if not isinstance(new, str):
+            raise AccountError("not a password")
+        check_password(new)
+    except AccountError:
+        return call.result("Invalid password")
+    if _blocked(call):
+        return call.result("Too many failed attempts, try again later")
+    salt, stored, passtype = user.get("salt"), user.get("hash"), user.get("passtype")
+    ok = valid_str(old, 1, 256) and isinstance(salt, str) and isinstance(stored, str) and (
+        await call.hub.run_blocking(passwords.verify_password, old, salt, stored)
+        if passtype is None else await call.hub.run_blocking(
+            passwords.verify_legacy_password, old, salt, stored, passtype))
+    if not ok:
+        _failed(call)
+        return call.result("Current password not correct.")
+    user["salt"], user["hash"] = await call.hub.run_blocking(passwords.hash_password, new)
+    user.pop("passtype", None)
+    user["passchange"] = int(call.hub.now())
+    await call.store.set(user)
+    name = user.get("name")
+    call.publish(_targets(user), {
+        "etype": "user", "userid": user["_id"], "username": name, "account": safe_user(user),
+        "action": "accountchange", "msgid": 74, "msgArgs": [name],
+        "msg": f"Account password changed: {name}"})
+    call.result("ok")
