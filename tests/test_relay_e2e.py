@@ -137,13 +137,34 @@ class AgentSetup:
         created = await until(lambda: [f for f in control.json_frames()
                                        if f.get("responseid") == "m"], 20)
         test.assertEqual(created[0].get("result"), "ok", created)
-        mesh_id = created[0]["meshid"]
+        mesh_id = self.mesh_id = created[0]["meshid"]
 
         conn = http.client.HTTPSConnection("127.0.0.1", server.port,
                                            context=server.ssl_context(), timeout=10)
         conn.request("GET", "/meshsettings?id=" + urllib.parse.quote(mesh_id.split("/")[2]))
         msh = conn.getresponse().read()
         conn.close()
+        self.start_agent(msh)
+        node_id = None
+        for attempt in range(120):
+            control.sendMessage(json.dumps({"action": "nodes", "responseid": f"n{attempt}"})
+                                .encode())
+            answer = await until(lambda: [f for f in control.json_frames()
+                                          if f.get("responseid") == f"n{attempt}"], 10)
+            nodes = answer[0].get("nodes", {}).get(mesh_id, []) if answer else []
+            ready = [n for n in nodes if n.get("conn", 0) & 1 and n.get("agent", {}).get("core")]
+            if ready:
+                node_id = ready[0]["_id"]
+                break
+            await deferLater(reactor, 0.5, lambda: None)
+        test.assertIsNotNone(node_id, server.log()[-3000:] + self.agent_log())
+        assert node_id is not None
+        self.node_id = node_id
+        return self
+
+    def start_agent(self, msh: bytes) -> None:
+        """Start the agent with the group's ``.msh`` (here: meshd's Python agent)."""
+        test = self.test
         folder = self.folder = tempfile.mkdtemp(prefix="pyagent-")
         test.addCleanup(shutil.rmtree, folder, True)
         with open(os.path.join(folder, "meshagent.msh"), "wb") as f:
@@ -166,22 +187,6 @@ class AgentSetup:
                     agent.wait()
 
         test.addCleanup(stop)
-        node_id = None
-        for attempt in range(120):
-            control.sendMessage(json.dumps({"action": "nodes", "responseid": f"n{attempt}"})
-                                .encode())
-            answer = await until(lambda: [f for f in control.json_frames()
-                                          if f.get("responseid") == f"n{attempt}"], 10)
-            nodes = answer[0].get("nodes", {}).get(mesh_id, []) if answer else []
-            ready = [n for n in nodes if n.get("conn", 0) & 1 and n.get("agent", {}).get("core")]
-            if ready:
-                node_id = ready[0]["_id"]
-                break
-            await deferLater(reactor, 0.5, lambda: None)
-        test.assertIsNotNone(node_id, server.log()[-3000:] + self.agent_log())
-        assert node_id is not None
-        self.node_id = node_id
-        return self
 
     def agent_log(self) -> str:
         try:
@@ -199,7 +204,7 @@ class AgentSetup:
                     return int(line.split()[1]) * 1024
         return 0
 
-    async def tunnel(self, protocol: int) -> Client:
+    async def tunnel(self, protocol: int, relay_id: Optional[str] = None) -> Client:
         """A user relay side for ``protocol``, paired with the agent (``c`` received)."""
         control, node_id, test = self.control, self.node_id, self.test
         tag = base64.b16encode(os.urandom(4)).decode()
@@ -207,7 +212,8 @@ class AgentSetup:
         cookies = await until(lambda: [f for f in control.json_frames()
                                        if f.get("action") == "authcookie"], 10)
         cookie, rcookie = cookies[-1]["cookie"], cookies[-1]["rcookie"]
-        relay_id = base64.b64encode(os.urandom(9)).decode().replace("+", "@").replace("/", "$")
+        relay_id = relay_id or base64.b64encode(os.urandom(9)).decode().replace(
+            "+", "@").replace("/", "$")
         quoted = urllib.parse.quote
         user = await connect(
             f"{self.base}/meshrelay.ashx?browser=1&p={protocol}&nodeid={quoted(node_id)}"

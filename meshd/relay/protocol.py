@@ -104,6 +104,20 @@ class RelayProtocol(WebSocketServerProtocol):
         self._joined = True
         self.relay.table.join(self, self._info)
 
+    # -- the hot path: Autobahn's versions format debug log arguments on every call ------
+
+    def dataReceived(self, data: bytes) -> None:
+        self._dataReceived(data)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None
+                 ) -> None:
+        if sync or chopsize or self.send_queue or self.transport is None:
+            super().sendData(data, sync, chopsize)
+            return
+        self.transport.write(data)
+        if self.state == self.STATE_OPEN:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._joined:
             self.relay.table.received(self, payload, isBinary)
