@@ -70,3 +70,75 @@ class NodeTestRunnerTests(SynchronousTestCase):
         self.assertNotRegex(page, r"<script(?![^>]*\b(src=|type=\"application/json\"))")
         self.assertNotRegex(page, r"\son[a-z]+=")
         self.assertNotIn("style=", page)
+
+
+# Third-party browser files in web/vendor/: (package, folder in vendor/, files in the package).
+# web/build-vendor.sh copies the same list from web/node_modules/ after `npm ci`; neither
+# folder is committed: the package build (setup.py) and .ci/run make them.
+VENDOR_FILES = {
+    "@xterm/xterm": ("xterm", ["lib/xterm.mjs", "css/xterm.css", "LICENSE"]),
+    "@xterm/addon-fit": ("addon-fit", ["lib/addon-fit.mjs", "LICENSE"]),
+}
+
+
+class VendorTests(SynchronousTestCase):
+    """web/vendor/ holds exactly the locked packages' distributed files and licences."""
+
+    def _json(self, *parts: str) -> dict:
+        import json
+
+        with open(os.path.join(WEB, *parts), encoding="utf-8") as f:
+            return json.load(f)
+
+    def test_locked_versions(self) -> None:
+        """package.json pins each vendored package; package-lock.json locks that version
+        with an integrity hash."""
+        dependencies = self._json("package.json")["dependencies"]
+        lock = self._json("package-lock.json")["packages"]
+        self.assertEqual(set(dependencies), set(VENDOR_FILES))
+        for package, version in dependencies.items():
+            self.assertRegex(version, r"^\d+\.\d+\.\d+$", f"{package} is not pinned")
+            locked = lock[f"node_modules/{package}"]
+            self.assertEqual(locked["version"], version)
+            self.assertTrue(locked["integrity"].startswith("sha512-"))
+            self.assertEqual(locked.get("license"), "MIT")
+
+    def test_vendor_folder_holds_only_the_listed_files(self) -> None:
+        """The built vendor folder holds each package's listed files and its MIT LICENSE,
+        nothing else from node_modules; the build script names the same files."""
+        if not os.path.isdir(os.path.join(WEB, "vendor")):
+            if os.environ.get("CI") == "true":
+                self.fail("web/vendor/ is not built (sh web/build-vendor.sh)")
+            raise SkipTest("web/vendor/ is not built (sh web/build-vendor.sh)")
+        found = set()
+        for folder, _dirs, names in os.walk(os.path.join(WEB, "vendor")):
+            found |= {os.path.relpath(os.path.join(folder, n), WEB) for n in names}
+        wanted: set[str] = set()
+        with open(os.path.join(WEB, "build-vendor.sh"), encoding="utf-8") as f:
+            script = f.read()
+        for package, (target, files) in VENDOR_FILES.items():
+            wanted |= {os.path.join("vendor", target, os.path.basename(f)) for f in files}
+            listed = " ".join(f for f in files if f != "LICENSE")
+            self.assertIn(f"copy {package} {target} {listed}\n", script)
+            with open(os.path.join(WEB, "vendor", target, "LICENSE"), encoding="utf-8") as f:
+                self.assertIn("Permission is hereby granted, free of charge", f.read())
+        self.assertEqual(found, wanted)
+
+    def test_vendor_files_match_installed_packages(self) -> None:
+        """After `npm ci` in web/ (build-vendor.sh), the vendor copies are byte-identical
+        to the locked packages'."""
+        lock = self._json("package-lock.json")["packages"]
+        for package, (target, files) in VENDOR_FILES.items():
+            installed = os.path.join(WEB, "node_modules", package)
+            try:
+                meta = self._json("node_modules", package, "package.json")
+            except OSError:
+                raise SkipTest("web/node_modules is not installed (cd web && npm ci)")
+            if meta["version"] != lock[f"node_modules/{package}"]["version"]:
+                raise SkipTest(f"web/node_modules has another {package}: run npm ci")
+            for name in files:
+                with open(os.path.join(installed, name), "rb") as f:
+                    original = f.read()
+                with open(os.path.join(WEB, "vendor", target, os.path.basename(name)),
+                          "rb") as f:
+                    self.assertEqual(f.read(), original, f"vendor/{target}/{name} differs")

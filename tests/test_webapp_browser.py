@@ -26,6 +26,8 @@ from tests.server import ROOT, PythonAgent, ServerProcess, fresh_datapath
 from tests.test_login import admin, login, request
 
 WEB = os.path.join(ROOT, "web")
+# Build inputs of web/ that are not package data.
+NOT_INSTALLED = {"package.json", "package-lock.json", "build-vendor.sh"}
 PASSWORD = "Browser-Test-Pass-1"
 
 
@@ -108,8 +110,9 @@ class AppResourceTests(SynchronousTestCase):
                     installed.add(rel)
         wanted = {os.path.relpath(path, WEB) for path in glob.glob(os.path.join(WEB, "**", "*"),
                                                                    recursive=True)
-                  if os.path.isfile(path) and not path.startswith(os.path.join(WEB, "tests"))
-                  and os.path.basename(path) != "package.json"}
+                  if os.path.isfile(path) and not os.path.relpath(path, WEB).startswith(
+                      ("tests" + os.sep, "node_modules" + os.sep))
+                  and os.path.relpath(path, WEB) not in NOT_INSTALLED}
         self.assertEqual(wanted - installed, set())
 
     def test_policy_is_strict(self) -> None:
@@ -314,3 +317,354 @@ class AgentTests(BrowserTestCase):
         page.wait_for_selector(f"{group} tr.device[data-online='0']", timeout=30000)
         self.assertIn("Offline", page.text_content(f"{group} tr.device") or "")
         self.assertNoErrors(session)
+
+    def test_device_page_runs_a_command(self) -> None:
+        """A device's page shows its facts live, runs a shell command on the real agent
+        with the output shown, and lists the device's events."""
+        session = self.session()
+        self.log_in(session)
+        page = session.page
+        name = "cmd-" + uuid.uuid4().hex[:6]
+        meshid = self.create_group(session, name)
+        group = f"section.group[data-meshid='{meshid}']"
+        msh = request(self.server, "GET", f"/meshsettings?id={meshid.split('/')[-1]}").body
+        agent = PythonAgent(msh).start()
+        self.addCleanup(agent.cleanup)
+        try:
+            page.wait_for_selector(f"{group} tr.device[data-online='1']", timeout=90000)
+        except Exception:
+            raise AssertionError(f"agent log:\n{agent.log()[-3000:]}")
+        nodeid = page.get_attribute(f"{group} tr.device", "data-nodeid")
+        assert nodeid is not None
+        page.click(f"{group} tr.device a.device-link")
+        page.wait_for_selector("#view-device:not([hidden]) #device-state[data-online='1']")
+        self.assertIn("/device/", page.url)
+        page.wait_for_selector("#device-facts dd[data-fact='Agent version']:has-text('core')")
+        page.wait_for_selector("#device-facts dd[data-fact='Last connection']")
+        facts = page.text_content("#device-facts") or ""
+        self.assertIn(name, facts)
+        self.assertIn("Online (agent)", facts)
+        self.assertTrue(page.is_visible("#nav-devices[aria-current=page]"))
+
+        page.fill("#run-script", "echo run-$((6*7))\necho 'x<b>y' >&2")
+        page.click("#run-button")
+        page.wait_for_selector("#run-status[data-state=done]", timeout=60000)
+        output = page.text_content("#run-output") or ""
+        self.assertIn("run-42", output)
+        self.assertIn("x<b>y", output)  # shown as text
+        self.assertEqual(page.query_selector_all("#run-output b"), [])
+        page.wait_for_selector("#device-event-rows tr:has-text('Running commands')")
+        self.shot(session, "device")
+
+        # The page's address opens it directly, here on a phone in dark mode.
+        phone = self.session(color_scheme="dark", viewport={"width": 390, "height": 844})
+        self.log_in(phone)
+        phone.page.goto(page.url)
+        phone.page.wait_for_selector("#device-state[data-online='1']")
+        self.assertEqual(phone.page.text_content("#device-name"),
+                         page.text_content("#device-name"))
+        phone.page.wait_for_selector("#device-event-rows tr:has-text('Running commands')")
+        self.shot(phone, "device-phone-dark")
+        self.assertNoErrors(phone)
+
+        agent.stop()
+        page.wait_for_selector("#device-state[data-online='0']", timeout=30000)
+        page.fill("#run-script", "echo nobody")
+        page.click("#run-button")
+        page.wait_for_selector("#run-status[data-state=error]")
+        self.assertIn("Agent not connected", page.text_content("#run-status") or "")
+        page.click("text=← All devices")
+        page.wait_for_selector("#view-devices:not([hidden])")
+        self.assertNoErrors(session)
+
+
+class DeviceSessionTests(BrowserTestCase):
+    """The terminal and files tabs of a device, through the relay to a real Python agent."""
+
+    def open_device(self, session: Session, prefix: str) -> PythonAgent:
+        page = session.page
+        meshid = self.create_group(session, prefix + uuid.uuid4().hex[:6])
+        group = f"section.group[data-meshid='{meshid}']"
+        msh = request(self.server, "GET", f"/meshsettings?id={meshid.split('/')[-1]}").body
+        agent = PythonAgent(msh).start()
+        self.addCleanup(agent.cleanup)
+        try:
+            page.wait_for_selector(f"{group} tr.device[data-online='1']", timeout=90000)
+        except Exception:
+            raise AssertionError(f"agent log:\n{agent.log()[-3000:]}")
+        page.click(f"{group} tr.device a.device-link")
+        page.wait_for_selector("#view-device:not([hidden]) #device-state[data-online='1']")
+        return agent
+
+    def test_terminal(self) -> None:
+        """The terminal tab opens a shell in xterm.js through the relay: a command's output
+        is shown, the terminal follows the window's size, and leaving the page closes it."""
+        session = self.session()
+        self.log_in(session)
+        page = session.page
+        agent = self.open_device(session, "term-")
+        page.click("#device-tab-terminal")
+        try:
+            page.wait_for_selector("#terminal-status[data-state=open]", timeout=30000)
+        except Exception:
+            raise AssertionError(f"{page.text_content('#terminal-status')}\n"
+                                 f"agent log:\n{agent.log()[-3000:]}")
+        page.click("#terminal-screen")
+        page.keyboard.type("echo WEB-$((6*7))")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#terminal-screen .xterm-rows:has-text('WEB-42')", timeout=30000)
+        page.keyboard.type("stty size")
+        page.keyboard.press("Enter")
+
+        def size() -> Optional[tuple[int, int]]:
+            text = page.inner_text("#terminal-screen .xterm-rows")
+            found = re.findall(r"^(\d+) (\d+)\s*$", text, re.MULTILINE)
+            return (int(found[-1][0]), int(found[-1][1])) if found else None
+
+        rows, cols = wait_for(size, 15, "stty size")
+        self.assertGreater(cols, 60)
+        self.assertGreater(rows, 10)
+        self.shot(session, "device-terminal")
+        page.set_viewport_size({"width": 800, "height": 800})
+        page.keyboard.type("clear; stty size")
+        page.keyboard.press("Enter")
+        wait_for(lambda: (size() or (0, cols))[1] < cols, 15, "a narrower terminal")
+
+        page.click("#terminal-connect")  # Disconnect
+        page.wait_for_selector("#terminal-status[data-state=closed]")
+        page.click("#terminal-connect")  # Reconnect
+        page.wait_for_selector("#terminal-status[data-state=open]", timeout=30000)
+        page.click("text=← All devices")
+        page.wait_for_selector("#view-devices:not([hidden])")
+        wait_for(lambda: self.server.log().count(" ended after ") >= 2, 15, "relays ended")
+        self.assertNoErrors(session)
+
+    def test_files(self) -> None:
+        """The files tab lists a folder, uploads a file that is then listed, downloads it
+        byte-identical, renames it, makes a folder, goes into it, and deletes."""
+        import tempfile
+
+        session = self.session()
+        self.log_in(session)
+        page = session.page
+        agent = self.open_device(session, "files-")
+        folder = tempfile.mkdtemp(prefix="meshd-web-files-")
+        self.addCleanup(__import__("shutil").rmtree, folder, True)
+        with open(os.path.join(folder, "existing.txt"), "w") as f:
+            f.write("hello")
+        page.click("#device-tab-files")
+        try:
+            page.wait_for_selector("#files-rows tr.file", timeout=30000)
+        except Exception:
+            raise AssertionError(f"{page.text_content('#files-status')}\n"
+                                 f"agent log:\n{agent.log()[-3000:]}")
+        page.fill("#files-path", folder)
+        page.press("#files-path", "Enter")
+        page.wait_for_selector("#files-rows tr.file[data-name='existing.txt']")
+
+        payload = os.urandom(200_000) + b"{" + bytes(100) + b"end"
+        source = os.path.join(tempfile.mkdtemp(prefix="meshd-web-src-"), "upload.bin")
+        self.addCleanup(__import__("shutil").rmtree, os.path.dirname(source), True)
+        with open(source, "wb") as f:
+            f.write(payload)
+        page.set_input_files("#files-input", source)
+        page.wait_for_selector("#files-transfers li[data-kind=upload][data-state=done]",
+                               timeout=30000)
+        page.wait_for_selector("#files-rows tr.file[data-name='upload.bin']")
+        with open(os.path.join(folder, "upload.bin"), "rb") as f:
+            self.assertEqual(f.read(), payload)
+
+        with page.expect_download() as info:
+            page.click("#files-rows tr.file[data-name='upload.bin'] .file-download")
+        download = info.value
+        self.assertEqual(download.suggested_filename, "upload.bin")
+        with open(download.path(), "rb") as f:
+            self.assertEqual(f.read(), payload)
+        page.wait_for_selector("#files-transfers li[data-kind=download][data-state=done]")
+        self.shot(session, "device-files")
+
+        page.click("#files-rows tr.file[data-name='upload.bin'] .file-rename")
+        page.fill("#files-rows .rename-input", "renamed.bin")
+        page.press("#files-rows .rename-input", "Enter")
+        page.wait_for_selector("#files-rows tr.file[data-name='renamed.bin']")
+        self.assertTrue(os.path.exists(os.path.join(folder, "renamed.bin")))
+
+        page.fill("#files-new-folder", "sub")
+        page.click("#files-mkdir")
+        page.click("#files-rows tr.file[data-name='sub'] .file-open")
+        page.wait_for_selector("#files-empty:not([hidden])")
+        self.assertEqual(page.input_value("#files-path"), os.path.join(folder, "sub"))
+        page.click("#files-up")
+        page.wait_for_selector("#files-rows tr.file[data-name='renamed.bin']")
+
+        for name in ("renamed.bin", "sub"):
+            page.click(f"#files-rows tr.file[data-name='{name}'] .file-delete")
+            page.click("#files-confirm-delete")
+            page.wait_for_selector(f"#files-rows tr.file[data-name='{name}']", state="detached")
+        self.assertEqual(sorted(os.listdir(folder)), ["existing.txt"])
+        self.assertNoErrors(session)
+
+
+def make_user(server: ServerProcess, name: str, password: str = "User-Pass-123") -> None:
+    result = admin(server.datapath, "createaccount", name, "--pass", password)
+    if result.returncode != 0:
+        raise AssertionError(result.stderr)
+
+
+class UsersTests(BrowserTestCase):
+    """The Users view of site administrators."""
+
+    def test_add_and_delete_user(self) -> None:
+        """An administrator adds a user; that user logs in, sees no Users view; deleting
+        the user removes the row live and ends the user's session."""
+        admin_session = self.session()
+        self.log_in(admin_session)
+        page = admin_session.page
+        page.click("#nav-users")
+        page.wait_for_selector("#user-rows tr[data-name='admin']")
+        self.assertIn("you", page.text_content("#user-rows tr[data-name='admin']") or "")
+        name = "u" + uuid.uuid4().hex[:6]
+
+        page.click("#add-user")
+        page.fill("#new-user-name", "bad name")
+        page.fill("#new-user-password", "Some-Pass-1")
+        page.click("#add-user-submit")
+        page.wait_for_selector("#add-user-error:has-text('may not contain')")
+        page.fill("#new-user-name", "admin")
+        page.click("#add-user-submit")
+        page.wait_for_selector("#add-user-error:has-text('User already exists')")
+        page.fill("#new-user-name", name)
+        page.fill("#new-user-email", f"{name}@example.com")
+        page.click("#add-user-submit")
+        row = f"#user-rows tr[data-name='{name}']"
+        page.wait_for_selector(row)
+        self.assertFalse(page.is_visible("#user-dialog"))
+        self.assertIn(f"{name}@example.com", page.text_content(row) or "")
+        self.assertIn("Standard user", page.text_content(row) or "")
+        self.shot(admin_session, "users")
+
+        user_session = self.session()
+        self.log_in(user_session, name, "Some-Pass-1")
+        upage = user_session.page
+        self.assertFalse(upage.is_visible("#nav-users"))
+        upage.goto(self.base + "/#/users")
+        upage.wait_for_selector("#connection[data-state=open]")
+        self.assertTrue(upage.is_visible("#view-devices"))
+        self.assertFalse(upage.is_visible("#view-users"))
+        upage.click("#nav-account")
+        self.assertIn("Standard user", upage.text_content("#account-facts") or "")
+
+        page.click(f"{row} .delete-user")
+        page.click("#confirm-delete-user")
+        page.wait_for_selector(row, state="detached")
+        upage.wait_for_selector("input[name=username]", timeout=15000)
+        self.assertNoErrors(admin_session)
+        self.assertNoErrors(user_session)
+
+    def test_add_site_administrator(self) -> None:
+        """A user added as site administrator gets the Users view."""
+        session = self.session()
+        self.log_in(session)
+        page = session.page
+        page.goto(self.base + "/#/users")
+        page.wait_for_selector("#user-rows tr[data-name='admin']")
+        name = "a" + uuid.uuid4().hex[:6]
+        page.click("#add-user")
+        page.fill("#new-user-name", name)
+        page.fill("#new-user-password", "Admin-Pass-2")
+        page.check("#new-user-admin")
+        page.click("#add-user-submit")
+        page.wait_for_selector(f"#user-rows tr[data-name='{name}'] td.rights:text-is("
+                               "'Site administrator')")
+        other = self.session()
+        self.log_in(other, name, "Admin-Pass-2")
+        other.page.click("#nav-users")
+        other.page.wait_for_selector(f"#user-rows tr[data-name='{name}']")
+        self.assertNoErrors(session)
+        self.assertNoErrors(other)
+
+
+class AccountTests(BrowserTestCase):
+    """My account: password and two-factor authentication."""
+
+    def test_change_password(self) -> None:
+        """A wrong current password is refused with a message; the right one changes it
+        and the new password logs in."""
+        name = "p" + uuid.uuid4().hex[:6]
+        make_user(self.server, name, "Old-Pass-123")
+        session = self.session()
+        self.log_in(session, name, "Old-Pass-123")
+        page = session.page
+        page.click("#nav-account")
+        page.fill("#current-password", "Wrong-Pass-1")
+        page.fill("#new-password", "New-Pass-456")
+        page.fill("#confirm-password", "New-Pass-45")
+        page.click("#change-password")
+        page.wait_for_selector("#password-message:has-text('differ')")
+        page.fill("#confirm-password", "New-Pass-456")
+        page.click("#change-password")
+        page.wait_for_selector("#password-message:has-text('Current password not correct')")
+        page.fill("#current-password", "Old-Pass-123")
+        page.click("#change-password")
+        page.wait_for_selector("#password-message:has-text('Password changed')")
+        self.assertEqual(page.input_value("#new-password"), "")
+        self.assertNoErrors(session)
+
+        page.click("#logout")
+        page.wait_for_selector("input[name=username]")
+        self.log_in(session, name, "New-Pass-456")
+        self.assertEqual(page.text_content("#current-user"), name)
+        self.assertNoErrors(session)
+
+    def test_totp_enrolment_and_login(self) -> None:
+        """TOTP enrolment shows the key; a code computed here turns it on; backup codes are
+        shown; the next login asks for a code and accepts one computed here."""
+        from meshd.control.twofactor import totp
+
+        name = "t" + uuid.uuid4().hex[:6]
+        make_user(self.server, name, "Totp-Pass-123")
+        session = self.session()
+        self.log_in(session, name, "Totp-Pass-123")
+        page = session.page
+        page.click("#nav-account")
+        page.wait_for_selector("#totp-state[data-on='0']")
+        page.click("#totp-start")
+        page.wait_for_selector("#totp-url")
+        url = page.text_content("#totp-url") or ""
+        self.assertTrue(url.startswith("otpauth://totp/"), url)
+        secret = re.search(r"secret=([A-Z2-7]+)", url)
+        assert secret is not None
+        self.assertEqual((page.text_content("#totp-secret") or "").replace(" ", ""),
+                         secret.group(1))
+        self.shot(session, "account-2fa-setup")
+        page.fill("#totp-code", "000000" if totp(secret.group(1), int(time.time() // 30))
+                  != "000000" else "111111")
+        page.click("#totp-verify")
+        page.wait_for_selector("#totp-message:has-text('Invalid token')")
+        page.fill("#totp-code", totp(secret.group(1), int(time.time() // 30)))
+        page.click("#totp-verify")
+        page.wait_for_selector("#totp-state[data-on='1']")
+        page.click("#backup-codes-new")
+        page.wait_for_selector("#backup-codes li")
+        self.assertEqual(len(page.query_selector_all("#backup-codes li")), 10)
+        self.shot(session, "account")
+        self.assertNoErrors(session)
+
+        page.click("#logout")
+        page.wait_for_selector("input[name=username]")
+        page.fill("input[name=username]", name)
+        page.fill("input[name=password]", "Totp-Pass-123")
+        page.click("button[type=submit]")
+        page.wait_for_selector("input[name=token]")
+        page.fill("input[name=password]", "Totp-Pass-123")
+        page.fill("input[name=token]", totp(secret.group(1), int(time.time() // 30) + 1))
+        page.click("button[type=submit]")
+        page.wait_for_selector("#connection[data-state=open]")
+        self.assertEqual(page.text_content("#current-user"), name)
+        # The login form answers 401 while it asks for the code; nothing else went wrong.
+        self.assertEqual([e for e in session.errors if "/login" not in e], [])
+
+        page.click("#nav-account")
+        page.wait_for_selector("#totp-state[data-on='1']")
+        page.click("#totp-clear")
+        page.wait_for_selector("#totp-state[data-on='0']")

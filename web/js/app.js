@@ -1,14 +1,21 @@
+import { canManageUsers } from "./accounts.js";
 import { ControlClient, STATES } from "./control.js";
 import { h } from "./dom.js";
 import { DeviceModel, EventLog } from "./model.js";
+import { relayBase } from "./relay.js";
+import { parseRoute } from "./route.js";
 import { AccountView } from "./views/account.js";
+import { DeviceView } from "./views/device.js";
 import { DevicesView } from "./views/devices.js";
 import { EventsView } from "./views/events.js";
 import { Toasts } from "./views/toasts.js";
+import { UsersView } from "./views/users.js";
 
+// Views in the navigation bar; "device" (one device's page) is reached from the list.
 const VIEWS = [
   ["devices", "Devices"],
   ["events", "Events"],
+  ["users", "Users"],
   ["account", "My account"],
 ];
 
@@ -26,7 +33,7 @@ export function startApp({ root, bootstrap, createWebSocket, url, location }) {
   const client = new ControlClient({ url, createWebSocket });
   const devices = new DeviceModel();
   const events = new EventLog();
-  const user = bootstrap.user || {};
+  let user = bootstrap.user || {};
 
   const status = h("span", { class: "status", id: "connection", role: "status" });
   const nav = h("nav", { "aria-label": "Sections" }, VIEWS.map(([id, title]) =>
@@ -36,7 +43,7 @@ export function startApp({ root, bootstrap, createWebSocket, url, location }) {
     h("a", { class: "brand", href: "#/devices", text: bootstrap.title || "meshd" }), nav,
     h("div", { class: "session" }, status, userLabel,
       h("a", { href: "/logout", class: "button", id: "logout", text: "Log out" })));
-  const sections = Object.fromEntries(VIEWS.map(([id, title]) =>
+  const sections = Object.fromEntries([...VIEWS, ["device", "Device"]].map(([id, title]) =>
     [id, h("section", { id: `view-${id}`, class: "view", "aria-label": title, hidden: true })]));
   const toastRoot = h("div", { id: "toasts" });
   const main = h("main", { id: "main" }, Object.values(sections));
@@ -45,19 +52,39 @@ export function startApp({ root, bootstrap, createWebSocket, url, location }) {
   const toasts = new Toasts(toastRoot);
   const origin = `${location.protocol}//${location.host}`;
   new DevicesView({ root: sections.devices, model: devices, client, toasts, origin });
+  const deviceView = new DeviceView({ root: sections.device, model: devices, client, toasts,
+    createWebSocket, relayBase: relayBase(location) });
   new EventsView({ root: sections.events, log: events });
-  new AccountView({ root: sections.account, client, user });
+  const usersView = new UsersView({ root: sections.users, client, toasts,
+    me: () => client.userinfo?._id });
+  const account = new AccountView({ root: sections.account, client, toasts, user });
 
+  let current = null;
+  // The logged-in user (bootstrap, then userinfo and account events) decides what shows.
+  function setUser(next) {
+    user = next;
+    const allowed = canManageUsers(user);
+    nav.querySelector("#nav-users").hidden = !allowed;
+    if (current === "users" && !allowed) route();
+  }
   function route() {
-    const wanted = (location.hash || "").replace(/^#\/?/, "") || "devices";
-    const id = sections[wanted] ? wanted : "devices";
+    const wanted = parseRoute(location.hash, VIEWS.map(([id]) => id));
+    const id = wanted.view === "users" && !canManageUsers(user) ? "devices" : wanted.view;
     for (const [name, section] of Object.entries(sections)) section.hidden = name !== id;
+    const navId = id === "device" ? "devices" : id;
     for (const link of nav.querySelectorAll("a")) {
-      if (link.id === `nav-${id}`) link.setAttribute("aria-current", "page");
+      if (link.id === `nav-${navId}`) link.setAttribute("aria-current", "page");
       else link.removeAttribute("aria-current");
     }
+    if (id === "device") deviceView.show(wanted.nodeid);
+    else if (current === "device") deviceView.hide();
+    if (id === "users" && current !== "users") usersView.load();
+    if (id !== "users") usersView.hide();
+    if (current !== null && id !== current) globalThis.scrollTo?.(0, 0);
+    current = id;
   }
   globalThis.addEventListener?.("hashchange", route);
+  setUser(user);
   route();
 
   async function reload() {
@@ -84,8 +111,17 @@ export function startApp({ root, bootstrap, createWebSocket, url, location }) {
     status.dataset.state = state;
   });
   client.on("open", reload);
+  client.on("userinfo", (message) => {
+    if (message.userinfo && typeof message.userinfo === "object") setUser(message.userinfo);
+  });
   client.on("event", (event) => {
     events.add(event);
+    if (event.action === "accountchange" && event.account &&
+        event.userid === client.userinfo?._id) {
+      // Our own account changed (password, second factor, rights).
+      account.update(event.account);
+      setUser(event.account);
+    }
     const change = devices.applyEvent(event);
     if (!change) return;
     if (change.reload) reloadSoon();

@@ -126,17 +126,24 @@ export class ControlClient {
   }
 
   // Send `{action, ...fields}` and resolve with the reply (whatever its `result`).
-  request(action, fields = {}) {
+  // Options, for actions whose answer is not a plain echo:
+  //   accepts(message)  which frames carrying the request's id are its reply (default:
+  //                     the same action); e.g. `runcommands` output comes as `msg`
+  //   untagged: true    the reply may not echo the id (`lastconnect`): any frame that
+  //                     `accepts` takes is the reply
+  //   timeoutMs         how long to wait (default: the client's)
+  request(action, fields = {}, { accepts, untagged = false, timeoutMs } = {}) {
     if (this.state !== STATES.OPEN) {
       return Promise.reject(new ControlError("Not connected to the server"));
     }
     const id = `r${this._nextId++}`;
+    const match = accepts || ((message) => message.action === action);
     return new Promise((resolve, reject) => {
       const timer = this._timers.setTimeout(() => {
         this._pending.delete(id);
         reject(new ControlError(`The server did not answer ${action} in time`));
-      }, this._timeoutMs);
-      this._pending.set(id, { action, resolve, reject, timer });
+      }, timeoutMs ?? this._timeoutMs);
+      this._pending.set(id, { action, match, untagged, resolve, reject, timer });
       this.send({ ...fields, action, responseid: id, tag: id });
     });
   }
@@ -173,16 +180,26 @@ export class ControlClient {
     }
     for (const key of [message.responseid, message.tag]) {
       const pending = key !== undefined ? this._pending.get(String(key)) : undefined;
-      if (pending && pending.action === action) {
-        this._pending.delete(String(key));
-        this._timers.clearTimeout(pending.timer);
-        pending.resolve(message);
+      if (pending && pending.match(message)) {
+        this._settle(String(key), pending, message);
+        return;
+      }
+    }
+    for (const [key, pending] of this._pending) {
+      if (pending.untagged && pending.match(message)) {
+        this._settle(key, pending, message);
         return;
       }
     }
     if (action === "serverinfo") this.serverinfo = message.serverinfo;
     if (action === "userinfo") this.userinfo = message.userinfo;
     this._emit(action, message);
+  }
+
+  _settle(key, pending, message) {
+    this._pending.delete(key);
+    this._timers.clearTimeout(pending.timer);
+    pending.resolve(message);
   }
 
   _failPending(reason) {

@@ -52,3 +52,14 @@ export function matchesFilter(node, query) {
     ...(Array.isArray(node?.tags) ? node.tags : [])].join(" ").toLowerCase();
   return words.every((word) => text.includes(word));
 }
+
+// The agent's version as reported: its core ("Python core 0.3") and agent build number.
+export function agentVersion(node) {
+  const agent = node?.agent && typeof node.agent === "object" ? node.agent : {};
+  const parts = [];
+  if (typeof agent.core === "string" && agent.core) parts.push(agent.core);
+  if (agent.ver !== undefined && agent.ver !== null && agent.ver !== 0 && agent.ver !== "0") {
+    parts.push(parts.length ? `(agent ${agent.ver})` : String(agent.ver));
+  }
+  return parts.join(" ");
+}

@@ -44,6 +44,27 @@ export class DeviceModel {
     this._changed({ kind: "reset" });
   }
 
+  // A fresh `nodes` answer for some devices (one device's page asks for its own): the
+  // records are replaced, devices of groups this model does not know are left out.
+  merge(nodesByMesh) {
+    const ids = [];
+    for (const [meshid, list] of Object.entries(nodesByMesh || {})) {
+      if (!this.meshes.has(meshid)) continue;
+      for (const node of Array.isArray(list) ? list : []) {
+        if (!node || typeof node._id !== "string") continue;
+        const previous = this.nodes.get(node._id);
+        const merged = { ...node, meshid };
+        if (previous?.lastseen !== undefined && merged.lastseen === undefined) {
+          merged.lastseen = previous.lastseen;
+        }
+        this.nodes.set(node._id, merged);
+        ids.push(node._id);
+      }
+    }
+    for (const id of ids) this._changed({ kind: "node", id });
+    return ids;
+  }
+
   groups() {
     return [...this.meshes.values()].sort(byName);
   }

@@ -191,3 +191,38 @@ test("unsubscribing stops delivery", () => {
   socket.receive({ action: "event", event: { action: "x" } });
   assert.equal(seen.length, 0);
 });
+
+test("accepts() lets a reply of another action answer the request", async () => {
+  const { client, socket } = connected();
+  const reply = client.request("runcommands", { nodeids: ["n"] }, {
+    accepts: (m) => m.action === "runcommands" || (m.action === "msg" && m.type === "runcommands"),
+  });
+  const { responseid } = socket.last();
+  const msgs = [];
+  client.on("msg", (m) => msgs.push(m));
+  // Output chunks (no id) go to listeners; the final msg with the id is the reply.
+  socket.receive({ action: "msg", type: "console", value: "hi", nodeid: "n" });
+  socket.receive({ action: "msg", type: "runcommands", result: "hi\n", responseid, nodeid: "n" });
+  assert.equal((await reply).result, "hi\n");
+  assert.deepEqual(msgs.map((m) => m.type), ["console"]);
+});
+
+test("untagged requests take the first accepted frame even without the id", async () => {
+  const { client, socket } = connected();
+  const reply = client.request("lastconnect", { nodeid: "n1" }, {
+    untagged: true, accepts: (m) => m.action === "lastconnect" && m.nodeid === "n1" });
+  const other = [];
+  client.on("lastconnect", (m) => other.push(m.nodeid));
+  socket.receive({ action: "lastconnect", nodeid: "n2", time: 1 });
+  socket.receive({ action: "lastconnect", nodeid: "n1", time: 2 });
+  assert.equal((await reply).time, 2);
+  assert.deepEqual(other, ["n2"]);
+});
+
+test("a request can wait longer than the default timeout", async () => {
+  const { client, socket, timers } = connected();
+  const reply = client.request("runcommands", {}, { timeoutMs: 5000 });
+  timers.advance(4000);
+  socket.receive({ action: "runcommands", responseid: socket.last().responseid, result: "OK" });
+  assert.equal((await reply).result, "OK");
+});

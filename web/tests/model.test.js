@@ -119,3 +119,22 @@ test("format helpers", () => {
   assert.ok(matchesFilter({ name: "x", conn: 1 }, "online"));
   assert.ok(matchesFilter({ name: "x" }, "  "));
 });
+
+test("merge() refreshes single devices of known groups", () => {
+  const model = new DeviceModel();
+  model.load([{ _id: "mesh//a", name: "A" }], { "mesh//a": [{ _id: "node//1", name: "one", conn: 1 }] });
+  model.nodes.get("node//1").lastseen = 5;
+  const changes = [];
+  model.onChange((c) => changes.push(c));
+  const ids = model.merge({
+    "mesh//a": [{ _id: "node//1", name: "one", conn: 1, agent: { core: "c" } }, null, { name: "x" }],
+    "mesh//unknown": [{ _id: "node//2", name: "two" }],
+  });
+  assert.deepEqual(ids, ["node//1"]);
+  assert.equal(model.nodes.get("node//1").agent.core, "c");
+  assert.equal(model.nodes.get("node//1").meshid, "mesh//a");
+  assert.equal(model.nodes.get("node//1").lastseen, 5);
+  assert.equal(model.nodes.has("node//2"), false);
+  assert.deepEqual(changes, [{ kind: "node", id: "node//1" }]);
+  assert.deepEqual(model.merge(undefined), []);
+});

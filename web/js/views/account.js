@@ -1,36 +1,205 @@
+import { groupSecret, parseOtpauth, passwordProblem, siteRightsText } from "../accounts.js";
 import { clear, h } from "../dom.js";
 import { formatTime } from "../format.js";
 
-const FULL_ADMIN = 0xFFFFFFFF;
-
-// The logged-in account: name, rights, and logging out.
+// The logged-in account: facts, changing the password, two-factor authentication.
 export class AccountView {
-  constructor({ root, client, user }) {
+  constructor({ root, client, toasts, user }) {
     this.root = root;
+    this.client = client;
+    this.toasts = toasts;
     this.user = user || {};
+    this.enrolling = null;  // {secret, url} while an authenticator is being added
+    this.codes = null;      // backup codes just made, shown once
     client.on("userinfo", (message) => this.update(message.userinfo));
+    this._build();
     this.render();
   }
 
+  // A new view of the account (userinfo, or the account of an accountchange event).
   update(userinfo) {
     if (userinfo && typeof userinfo === "object") {
-      this.user = userinfo;
+      this.user = { ...userinfo };
       this.render();
     }
+  }
+
+  _build() {
+    this.facts = h("dl", { class: "facts", id: "account-facts" });
+    this.passwordCard = this._passwordCard();
+    this.twoFactor = h("div", { class: "card", id: "two-factor" });
+    clear(this.root).append(h("div", { class: "account-page" },
+      h("div", { class: "card" }, h("h2", { text: "Account" }), this.facts,
+        h("p", {}, h("a", { href: "/logout", class: "button danger-outline",
+          id: "logout-account", text: "Log out" }))),
+      this.passwordCard, this.twoFactor));
   }
 
   render() {
     const user = this.user;
     const rows = [["User name", user.name], ["E-mail", user.email],
-      ["Rights", user.siteadmin === FULL_ADMIN ? "Site administrator"
-        : user.siteadmin ? `Site rights 0x${Number(user.siteadmin).toString(16)}` : "Standard user"],
+      ["Rights", siteRightsText(user.siteadmin)],
       ["Account created", user.creation ? formatTime(user.creation * 1000) : ""],
-      ["Last login", user.login ? formatTime(user.login * 1000) : ""]];
-    clear(this.root).append(
-      h("dl", { class: "facts", id: "account-facts" },
-        rows.filter(([, value]) => value).map(([label, value]) =>
-          [h("dt", { text: label }), h("dd", { text: value })])),
-      h("p", {}, h("a", { href: "/logout", class: "button danger-outline", id: "logout-account",
-        text: "Log out" })));
+      ["Last login", user.login ? formatTime(user.login * 1000) : ""],
+      ["Password changed", user.passchange > 0 ? formatTime(user.passchange * 1000) : ""]];
+    this.facts.replaceChildren(...rows.filter(([, value]) => value).map(([label, value]) =>
+      [h("dt", { text: label }), h("dd", { text: value })]).flat());
+    this._renderTwoFactor();
+  }
+
+  _passwordCard() {
+    const field = (id, label, autocomplete) => {
+      const input = h("input", { id, type: "password", required: true, autocomplete });
+      return [input, h("label", {}, label, input)];
+    };
+    const [current, currentLabel] = field("current-password", "Current password",
+      "current-password");
+    const [next, nextLabel] = field("new-password", "New password (at least 8 characters)",
+      "new-password");
+    const [confirm, confirmLabel] = field("confirm-password", "New password again",
+      "new-password");
+    const message = h("p", { class: "message", id: "password-message", role: "alert" });
+    const submit = h("button", { type: "submit", class: "primary", id: "change-password",
+      text: "Change password" });
+    const form = h("form", { class: "stacked", id: "password-form", onsubmit: async (e) => {
+      e.preventDefault();
+      const problem = passwordProblem(next.value, confirm.value);
+      message.className = "message error";
+      if (problem) {
+        message.textContent = problem;
+        return;
+      }
+      submit.disabled = true;
+      message.textContent = "";
+      try {
+        await this.client.call("changepassword", { oldpass: current.value, newpass: next.value });
+        form.reset();
+        message.className = "message ok";
+        message.textContent = "Password changed.";
+        this.toasts.show("Password changed", "ok");
+      } catch (error) {
+        message.textContent = `Could not change the password: ${error.message}`;
+      } finally {
+        submit.disabled = false;
+      }
+    } }, currentLabel, nextLabel, confirmLabel, message, h("div", { class: "buttons" }, submit));
+    return h("div", { class: "card" }, h("h2", { text: "Password" }), form);
+  }
+
+  _renderTwoFactor() {
+    const on = Boolean(this.user.otpsecret);
+    const parts = [h("h2", { text: "Two-factor authentication" }),
+      h("p", { id: "totp-state", dataset: { on: on ? "1" : "0" }, text: on
+        ? "On: logging in asks for a code of your authenticator app."
+        : "Off: logging in needs only your password." })];
+    if (this.enrolling) {
+      parts.push(this._enrolForm());
+    } else if (on) {
+      parts.push(h("div", { class: "buttons start" },
+        h("button", { type: "button", id: "backup-codes-new", text: "New backup codes",
+          onclick: () => this._newCodes() }),
+        h("button", { type: "button", class: "danger-outline", id: "totp-clear",
+          text: "Turn off", onclick: () => this._clear() })));
+    } else {
+      parts.push(h("div", { class: "buttons start" },
+        h("button", { type: "button", class: "primary", id: "totp-start",
+          text: "Set up an authenticator app", onclick: () => this._start() })));
+    }
+    if (this.codes) {
+      parts.push(h("div", { class: "codes" },
+        h("p", { text: "Backup codes: each works once instead of an app code. Keep them " +
+          "somewhere safe; they are not shown again." }),
+        h("ol", { id: "backup-codes" }, this.codes.map((code) =>
+          h("li", { class: code.u === false ? "used" : "", text: String(code.p) })))));
+    }
+    this.twoFactor.replaceChildren(...parts);
+  }
+
+  async _start() {
+    try {
+      const reply = await this.client.request("otpauth-request");
+      if (!reply.secret || !reply.url) {
+        throw new Error(reply.err === 5 ? "your account settings are locked"
+          : reply.err === 3 ? "not possible in a session opened with a login token"
+            : "the server refused");
+      }
+      this.enrolling = { secret: reply.secret, url: reply.url };
+      this.codes = null;
+      this._renderTwoFactor();
+      this.twoFactor.querySelector("#totp-code")?.focus();
+    } catch (error) {
+      this.toasts.show(`Could not start: ${error.message}`, "error");
+    }
+  }
+
+  _enrolForm() {
+    const { secret, url } = this.enrolling;
+    const key = parseOtpauth(url);
+    const code = h("input", { id: "totp-code", inputmode: "numeric", autocomplete: "one-time-code",
+      required: true, pattern: "[0-9]{6}", maxlength: "6", placeholder: "123456" });
+    const password = h("input", { id: "totp-password", type: "password",
+      autocomplete: "current-password" });
+    const message = h("p", { class: "message error", id: "totp-message", role: "alert" });
+    const submit = h("button", { type: "submit", class: "primary", id: "totp-verify",
+      text: "Verify and turn on" });
+    return h("form", { class: "stacked", id: "totp-form", onsubmit: async (e) => {
+      e.preventDefault();
+      submit.disabled = true;
+      message.textContent = "";
+      try {
+        const fields = { secret, token: code.value.trim() };
+        if (password.value) fields.password = password.value;
+        const reply = await this.client.request("otpauth-setup", fields);
+        if (!reply.success) throw new Error(reply.msg || "the code was not accepted");
+        this.enrolling = null;
+        this.user = { ...this.user, otpsecret: 1 };
+        this.toasts.show("Two-factor authentication is on", "ok");
+        this._renderTwoFactor();
+      } catch (error) {
+        message.textContent = `Could not turn it on: ${error.message}`;
+        submit.disabled = false;
+      }
+    } },
+    h("ol", { class: "steps" },
+      h("li", {}, "In your authenticator app, add an account with this key (time-based):",
+        h("code", { class: "secret", id: "totp-secret", text: groupSecret(secret) }),
+        key?.issuer ? h("span", { class: "hint", text: ` Issuer: ${key.issuer}, account: ` +
+          `${key.account}.` }) : null),
+      h("li", {}, "Or give it this address (what a QR code would contain):",
+        h("code", { class: "command", id: "totp-url", text: url })),
+      h("li", {}, "Enter the 6-digit code it shows.")),
+    h("label", {}, "Code", code),
+    h("label", {}, "Current password (needed when the server asks for it)", password),
+    message,
+    h("div", { class: "buttons" },
+      h("button", { type: "button", text: "Cancel", onclick: () => {
+        this.enrolling = null;
+        this._renderTwoFactor();
+      } }), submit));
+  }
+
+  async _newCodes() {
+    try {
+      const reply = await this.client.request("otpauth-getpasswords", { subaction: 1 });
+      if (!Array.isArray(reply.passwords)) throw new Error("the server made no codes");
+      this.codes = reply.passwords;
+      this._renderTwoFactor();
+    } catch (error) {
+      this.toasts.show(`Could not make backup codes: ${error.message}`, "error");
+    }
+  }
+
+  async _clear() {
+    try {
+      const reply = await this.client.request("otpauth-clear");
+      if (!reply.success) throw new Error(reply.msg || "the server refused");
+      this.user = { ...this.user };
+      delete this.user.otpsecret;
+      this.codes = null;
+      this.toasts.show("Two-factor authentication is off", "ok");
+      this._renderTwoFactor();
+    } catch (error) {
+      this.toasts.show(`Could not turn it off: ${error.message}`, "error");
+    }
   }
 }

@@ -1,5 +1,6 @@
 import { coalesce, clear, h } from "../dom.js";
 import { connectionState, formatTime, matchesFilter, osName, shortId } from "../format.js";
+import { deviceHref } from "../route.js";
 
 // Device groups with their devices: create, delete, add an agent, filter; live state.
 export class DevicesView {
@@ -153,7 +154,7 @@ export class DevicesView {
     return h("tr", { class: state.online ? "device online" : "device offline",
       dataset: { nodeid: node._id, name: node.name, online: state.online ? "1" : "0" } },
     h("td", { class: "name" }, h("span", { class: "dot", "aria-hidden": "true" }),
-      node.name || "(unnamed)"),
+      h("a", { href: deviceHref(node._id), class: "device-link", text: node.name || "(unnamed)" })),
     h("td", { class: "state", text: state.label }),
     h("td", { text: osName(node) }),
     h("td", { text: node.ip || node.host || "" }),

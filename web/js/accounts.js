@@ -1,0 +1,139 @@
+// User accounts as the app shows and edits them: site rights, the user list kept current
+// by account events, form checks, and the TOTP key an authenticator app reads.  No DOM
+// and no socket (tests/accounts.test.js).
+
+export const FULL_ADMIN = 0xFFFFFFFF;
+export const SITE_MANAGE_USERS = 0x2;
+export const MIN_PASSWORD = 8;
+export const MAX_PASSWORD = 256;
+export const MAX_NAME = 64;
+
+const SITE_RIGHTS = [
+  [0x1, "server backup"], [0x2, "manage users"], [0x4, "server restore"],
+  [0x8, "file access"], [0x10, "server update"], [0x20, "locked"], [0x40, "no new groups"],
+  [0x80, "no tools"], [0x100, "user groups"], [0x200, "recordings"],
+  [0x400, "locked settings"], [0x800, "all events"], [0x1000, "no new devices"],
+];
+
+function rightsOf(user) {
+  return (Number(user?.siteadmin) || 0) >>> 0;
+}
+
+export function isFullAdmin(user) {
+  return rightsOf(user) === FULL_ADMIN;
+}
+
+// Who gets the Users view: full administrators and user managers (0x2).
+export function canManageUsers(user) {
+  return isFullAdmin(user) || (rightsOf(user) & SITE_MANAGE_USERS) !== 0;
+}
+
+export function siteRightsText(siteadmin) {
+  const bits = (Number(siteadmin) || 0) >>> 0;
+  if (bits === FULL_ADMIN) return "Site administrator";
+  if (!bits) return "Standard user";
+  const names = SITE_RIGHTS.filter(([bit]) => bits & bit).map(([, name]) => name);
+  return names.length ? names.join(", ") : `Site rights 0x${bits.toString(16)}`;
+}
+
+// A problem with a new user name (the server's rules), or "".
+export function userNameProblem(name) {
+  const value = String(name ?? "");
+  if (!value.length) return "Enter a user name";
+  if (value.length > MAX_NAME) return `A user name has at most ${MAX_NAME} characters`;
+  if (/[\s",/\\\u0000-\u001f\u007f]/.test(value)) {
+    return "A user name may not contain spaces, quotes, commas or slashes";
+  }
+  if (value.startsWith("~")) return "A user name may not start with ~";
+  return "";
+}
+
+// A problem with a new password and its confirmation, or "".
+export function passwordProblem(password, confirm = password) {
+  const value = String(password ?? "");
+  if (value.length < MIN_PASSWORD) return `A password needs at least ${MIN_PASSWORD} characters`;
+  if (value.length > MAX_PASSWORD) return `A password has at most ${MAX_PASSWORD} characters`;
+  if (value !== String(confirm ?? "")) return "The two passwords differ";
+  return "";
+}
+
+// The accounts of the `users` answer, kept current by account events.
+export class UserList {
+  constructor() {
+    this.users = new Map();
+    this.loaded = false;
+    this._listeners = new Set();
+  }
+
+  onChange(fn) {
+    this._listeners.add(fn);
+    return () => this._listeners.delete(fn);
+  }
+
+  _changed() {
+    for (const fn of [...this._listeners]) fn();
+  }
+
+  load(users) {
+    this.users.clear();
+    for (const user of Array.isArray(users) ? users : []) {
+      if (user && typeof user._id === "string") this.users.set(user._id, user);
+    }
+    this.loaded = true;
+    this._changed();
+  }
+
+  sorted() {
+    return [...this.users.values()].sort((a, b) => {
+      const left = String(a.name ?? "").toLowerCase();
+      const right = String(b.name ?? "").toLowerCase();
+      return left < right ? -1 : left > right ? 1 : 0;
+    });
+  }
+
+  // Apply an event; true when the list changed.
+  applyEvent(event) {
+    if (!this.loaded || !event || typeof event !== "object") return false;
+    if ((event.action === "accountcreate" || event.action === "accountchange") &&
+        event.account && typeof event.account._id === "string") {
+      const previous = this.users.get(event.account._id) || {};
+      this.users.set(event.account._id, { ...previous, ...event.account });
+      this._changed();
+      return true;
+    }
+    if (event.action === "accountremove" && this.users.delete(event.userid)) {
+      this._changed();
+      return true;
+    }
+    return false;
+  }
+}
+
+// The parts of an `otpauth://totp/ISSUER:ACCOUNT?secret=…&issuer=…` key, or null.
+export function parseOtpauth(url) {
+  const match = /^otpauth:\/\/totp\/([^?]*)\?(.*)$/i.exec(String(url ?? ""));
+  if (!match) return null;
+  let label;
+  let params;
+  try {
+    label = decodeURIComponent(match[1]);
+    params = new URLSearchParams(match[2]);
+  } catch (error) {
+    return null;
+  }
+  const secret = params.get("secret");
+  if (!secret || !/^[A-Z2-7]+=*$/i.test(secret)) return null;
+  const colon = label.indexOf(":");
+  return {
+    secret: secret.toUpperCase(),
+    issuer: params.get("issuer") ?? (colon >= 0 ? label.slice(0, colon) : ""),
+    account: colon >= 0 ? label.slice(colon + 1) : label,
+    digits: Number(params.get("digits") || 6),
+    period: Number(params.get("period") || 30),
+  };
+}
+
+// A base32 secret in groups of four, easier to type into an app by hand.
+export function groupSecret(secret) {
+  return (String(secret ?? "").toUpperCase().match(/.{1,4}/g) || []).join(" ");
+}
