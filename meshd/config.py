@@ -171,6 +171,9 @@ class Settings:
                                 None)
     new_accounts: bool = _key("newAccounts",
                               "Allow visitors to create their own accounts.", False)
+    allow_login_token: bool = _key("allowLoginToken",
+                                   "Let users fetch long-lived login cookies "
+                                   "(action logincookie).", False)
     agent_core_dir: Optional[str] = _key("agentCoreDir",
                                          "The agents/ folder of an installed MeshCentral: real "
                                          "MeshAgents then get MeshCentral's own core from it.",

@@ -12,6 +12,7 @@ import atexit
 import http.client
 import json
 import os
+import subprocess
 import tempfile
 import threading
 import time
@@ -305,6 +306,68 @@ class MeshCtrlTests(SynchronousTestCase):
         self.assertEqual(self.run_ctl("sendinviteemail", "--id", mesh_id, "--email",
                                       "x@example.com"), "Unsupported feature")
 
+    def test_device_details_and_report(self) -> None:
+        """listdevices --details (JSON and CSV) and report (db, logins, sessions, traffic)."""
+        group = self.new_group("--agentless")
+        self.assertEqual(self.run_ctl("addlocaldevice", "--id", group, "--devicename", "detdev",
+                                      "--hostname", "127.0.0.9"), "ok")
+        details = self.json_ctl("listdevices", "--details")
+        assert isinstance(details, list)
+        [mine] = [d for d in details if d["node"]["meshid"] == group]
+        self.assertEqual((mine["node"]["name"], mine["node"]["host"]), ("detdev", "127.0.0.9"))
+        self.assertTrue(mine["node"]["groupname"].startswith("grp"), mine)
+        self.assertIsNone(mine["net"])
+        csv = self.run_ctl("listdevices", "--details", "--csv").splitlines()
+        self.assertEqual(csv[0].split(",")[:8], ["id", "name", "rname", "host", "icon", "ip",
+                                                 "osdesc", "groupname"])
+        [row] = [line for line in csv if f'"{mine["node"]["_id"]}"' in line]
+        self.assertEqual(len(row.split(",")), 42)
+        self.assertEqual(row.split(",")[1:5], ['"detdev"', '""', '"127.0.0.9"', "1"])
+        # A user with no rights gets an empty list, not the administrator's devices.
+        user = self.new_user()
+        self.assertEqual(self.json_ctl("listdevices", "--details", user=user,
+                                       password="Us3r!pass"), [])
+        db = self.run_ctl("report", "--type", "db").splitlines()
+        self.assertEqual(db[0], "group,record,recordcount")
+        self.assertIn("0,user,", "\n".join(db))
+        self.assertEqual(self.run_ctl("report", "--type", "logins").splitlines()[0],
+                         "group,time,ip,browser,os,twofactor,msg")
+        self.assertEqual(self.run_ctl("report", "--type", "sessions").splitlines()[0],
+                         "group,time,nodeid,meshid,protocol,length")
+        self.assertEqual(self.run_ctl("report", "--type", "traffic").splitlines()[0],
+                         "group,userid,length,bytesin,bytesout")
+        # A user without site rights: only its own logins (none recorded here).
+        self.assertEqual(self.run_ctl("report", "--type", "logins", user=user,
+                                      password="Us3r!pass"),
+                         "group,time,ip,browser,os,twofactor,msg")
+        self.assertEqual(self.run_ctl("removedevicegroup", "--id", group), "ok")
+        self.assertEqual(self.run_ctl("removeuser", "--userid", user), "ok")
+
+    def test_serverstats_and_logincookie_on_the_wire(self) -> None:
+        """No meshctrl command sends these: a Node.js client on meshctrl's own ws module
+        asks for serverstats (answered, MeshCentral's fields) and logincookie (refused by
+        silence: settings.allowLoginToken is off)."""
+        package = os.path.dirname(meshctrl_script())
+        script = os.path.join(tempfile.mkdtemp(), "probe.js")
+        with open(script, "w") as f:
+            f.write(PROBE_JS)
+        env = dict(os.environ, NODE_PATH=os.pathsep.join(
+            [os.path.join(package, "node_modules"), os.path.dirname(package)]))
+        out = subprocess.run(["node", script, str(self.server.port), "admin", PASSWORD],
+                             capture_output=True, text=True, timeout=20, env=env,
+                             stdin=subprocess.DEVNULL)
+        frames = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        actions = [f["action"] for f in frames]
+        self.assertNotIn("logincookie", actions, out.stdout + out.stderr)
+        [stats] = [f for f in frames if f["action"] == "serverstats"]
+        self.assertGreater(stats["totalmem"], 0)
+        state = stats["values"]["ServerState"]
+        self.assertEqual(sorted(state), sorted([
+            "UserAccounts", "DeviceGroups", "AgentSessions", "ConnectedUsers", "UsersSessions",
+            "RelaySessions", "RelayCount", "ConnectedIntelAMT", "ConnectedIntelAMTCira"]))
+        self.assertGreaterEqual(state["UsersSessions"], 1)
+
+
     def test_showevents_sees_live_events(self) -> None:
         """showevents in one meshctrl prints the accountcreate caused by another."""
         watcher = self.ctl.start("showevents")
@@ -375,3 +438,21 @@ class MeshCtrlAgentTests(SynchronousTestCase):
         self.assertEqual(out.strip(), "meshd-42")
         agent.stop()
         self.assertEqual(ctl.run("removedevicegroup", "--id", mesh_id).strip(), "ok")
+
+PROBE_JS = r"""
+const WebSocket = require('ws');
+const [port, user, pass] = process.argv.slice(2);
+const auth = Buffer.from(user).toString('base64') + ',' + Buffer.from(pass).toString('base64');
+const ws = new WebSocket('wss://127.0.0.1:' + port + '/control.ashx',
+                         { rejectUnauthorized: false, headers: { 'x-meshauth': auth } });
+ws.on('message', function (data) {
+    const msg = JSON.parse(data.toString());
+    if (msg.action == 'serverinfo') {
+        ws.send(JSON.stringify({ action: 'logincookie' }));
+        ws.send(JSON.stringify({ action: 'serverstats', interval: 10000 }));
+        setTimeout(function () { ws.send(JSON.stringify({ action: 'serverstats' })); ws.close(); process.exit(0); }, 1500);
+    }
+    if (msg.action == 'serverstats' || msg.action == 'logincookie') { console.log(JSON.stringify(msg)); }
+});
+ws.on('error', function (e) { console.log('error ' + e); process.exit(1); });
+"""

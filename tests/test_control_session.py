@@ -923,6 +923,212 @@ class EventTests(Base):
         self.assertEqual(eve.events(), [])
 
 
+class NewActionTests(Base):
+    """getDeviceDetails, serverstats, logincookie and report: answers and rights."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.mesh = self.world.add_mesh("grp", self.admin_id)
+        self.n1 = self.world.add_node(self.mesh, "n1")
+        self.n2 = self.world.add_node(self.mesh, "n2")
+        self.world.store.set({"_id": "si" + self.n1, "type": "sysinfo", "nodeid": self.n1,
+                              "domain": "", "data": {"hash": "h", "hardware": {
+                                  "identifiers": {"cpu_name": "Xeon, 8 cores",
+                                                  "bios_mode": "UEFI"},
+                                  "linux": {"bios_vendor": "ACME", "product_uuid": "U-1"},
+                                  "windows": None,
+                                  "agentvers": {"openssl": "3.0", "commitHash": "abc"}}}})
+        self.world.store.set({"_id": "if" + self.n1, "type": "ifinfo", "nodeid": self.n1,
+                              "netif2": {"eth0": [{"mac": "00:11", "address": "10.0.0.9"}]}})
+        self.world.store.set({"_id": "lc" + self.n1, "type": "lastconnect", "nodeid": self.n1,
+                              "meshid": self.mesh, "domain": "", "time": 7, "addr": "1.2.3.4"})
+
+    def details(self, client: Client, **fields: Any) -> Any:
+        frames = client.request("getDeviceDetails", **fields)
+        if not frames:
+            return None
+        [frame] = frames
+        self.assertEqual((frame["action"], frame["type"]),
+                         ("getDeviceDetails", fields.get("type")))
+        return frame["data"]
+
+    def test_device_details_json_and_rights(self) -> None:
+        """Full details for a user with DEVICEDETAILS; without it no sys/net; unlinked: none."""
+        self.world.connect_agent(self.n1)
+        data = json.loads(self.details(self.admin, type="json"))
+        self.assertEqual([d["node"]["name"] for d in data], ["n1", "n2"])
+        first = data[0]
+        self.assertEqual((first["node"]["groupname"], first["node"]["conn"]), ("grp", 1))
+        self.assertEqual(first["sys"]["hardware"]["linux"]["product_uuid"], "U-1")
+        self.assertEqual(first["net"]["netif2"]["eth0"][0]["mac"], "00:11")
+        self.assertEqual(first["lastConnect"], {"nodeid": self.n1, "time": 7, "addr": "1.2.3.4"})
+        self.assertEqual((data[1].get("sys"), data[1]["net"]), (None, None))
+        bob_id = self.world.add_user("bob")
+        self.world.link(bob_id, self.n1, 8)  # remote control, no device details
+        bob = self.world.connect(bob_id)
+        [only] = json.loads(self.details(bob, type="json"))
+        self.assertEqual(only["node"]["_id"], self.n1)
+        self.assertNotIn("sys", only)
+        self.assertNotIn("net", only)
+        eve = self.world.connect(self.world.add_user("eve"))
+        self.assertEqual(json.loads(self.details(eve, type="json")), [])
+        self.assertEqual(json.loads(self.details(eve, type="json", nodeids=[self.n1])), [])
+        # nodeids narrows the admin's listing; bad input is ignored.
+        self.assertEqual([d["node"]["_id"] for d in json.loads(
+            self.details(self.admin, type="json", nodeids=[self.n2, "node//nope"]))], [self.n2])
+        self.assertIsNone(self.details(self.admin, type="x"))
+        self.assertIsNone(self.details(self.admin, type="json", nodeids="x"))
+
+    def test_device_details_hide_recovery_passwords(self) -> None:
+        """BitLocker recovery passwords only go to users with full rights on the device."""
+        self.world.store.set({"_id": "si" + self.n2, "type": "sysinfo", "nodeid": self.n2,
+                              "hardware": {"windows": {"volumes": {"C": {
+                                  "protectionStatus": "On", "volumeStatus": "FullyEncrypted",
+                                  "recoveryPassword": "1234-5678"}}}}})
+        bob_id = self.world.add_user("bob")
+        self.world.link(bob_id, self.mesh, 0x100000)
+        bob = self.world.connect(bob_id)
+        [_, mine] = json.loads(self.details(bob, type="json"))
+        self.assertEqual(mine["sys"]["hardware"]["windows"]["volumes"]["C"],
+                         {"protectionStatus": "On", "volumeStatus": "FullyEncrypted"})
+        [_, full] = json.loads(self.details(self.admin, type="json"))
+        self.assertEqual(full["sys"]["hardware"]["windows"]["volumes"]["C"]["recoveryPassword"],
+                         "1234-5678")
+        self.assertEqual(self.world.doc("si" + self.n2)["hardware"]["windows"]["volumes"]["C"]
+                         ["recoveryPassword"], "1234-5678")
+
+    def test_device_details_csv(self) -> None:
+        """CSV: MeshCentral's 42 columns, quoted and cleaned the same way."""
+        lines = self.details(self.admin, type="csv").split("\r\n")
+        self.assertEqual(lines[0].split(",")[:3], ["id", "name", "rname"])
+        self.assertEqual(len(lines[0].split(",")), 42)
+        self.assertEqual(lines[3], "")
+        row = lines[1].split(",")
+        self.assertEqual(len(row), 42)
+        self.assertEqual(row[:8], [f'"{self.n1}"', '"n1"', '""', '"10.0.0.1"', "1", "", "",
+                                   '"grp"'])
+        self.assertEqual((row[15], row[18], row[21], row[25]),
+                         ('"Xeon 8 cores"', '"ACME"', '"UEFI"', '"U-1"'))
+        self.assertEqual((row[33], row[35]), ('"3.0"', '"abc"'))
+        self.assertEqual(row[37:], ["1", '"00:11"', '"10.0.0.9"', "7", '"1.2.3.4"'])
+        self.assertEqual(lines[2].split(",")[15:], [""] * 27)
+
+    def test_serverstats(self) -> None:
+        """Admins with backup/restore/update rights get statistics now and every interval."""
+        [stats] = self.admin.request("serverstats", interval=10000)
+        self.assertEqual(stats["action"], "serverstats")
+        self.assertGreater(stats["totalmem"], 0)
+        self.assertEqual(stats["values"]["ServerState"], {
+            "UserAccounts": 1, "DeviceGroups": 1, "AgentSessions": 0, "ConnectedUsers": 1,
+            "UsersSessions": 1, "RelaySessions": 0, "RelayCount": 0, "ConnectedIntelAMT": 0,
+            "ConnectedIntelAMTCira": 0})
+        self.world.connect_agent(self.n1)
+        start = len(self.admin.frames)
+        self.world.clock.advance(10)
+        self.world.clock.advance(10)
+        ticks = [f for f in self.admin.frames[start:] if f.get("action") == "serverstats"]
+        self.assertEqual(len(ticks), 2)
+        self.assertEqual(ticks[-1]["values"]["ServerState"]["AgentSessions"], 1)
+        self.assertEqual(self.admin.request("serverstats"), [])  # no interval: stop
+        start = len(self.admin.frames)
+        self.world.clock.advance(30)
+        self.assertEqual([f for f in self.admin.frames[start:]
+                          if f.get("action") == "serverstats"], [])
+        # Without the rights: nothing; a closed session's timer ends.
+        bob = self.world.connect(self.world.add_user("bob", 0x2 | 0x8))
+        self.assertEqual(bob.request("serverstats", interval=1000), [])
+        backup = self.world.connect(self.world.add_user("backup", 0x1))
+        self.assertEqual(len(backup.request("serverstats", interval=1000)), 1)
+        backup.session.close()
+        self.world.clock.advance(5)
+        self.assertEqual(self.world.clock.getDelayedCalls(), [])
+
+    def test_serverstats_stop_when_right_removed(self) -> None:
+        """A user who loses the right stops getting statistics at the next tick."""
+        uid = self.world.add_user("backup", 0x10)
+        client = self.world.connect(uid)
+        self.assertEqual(len(client.request("serverstats", interval=1000)), 1)
+        doc = dict(self.world.doc(uid))
+        doc["siteadmin"] = 0
+        self.world.store.set(doc)
+        start = len(client.frames)
+        self.world.clock.advance(3)
+        self.assertEqual([f for f in client.frames[start:]
+                          if f.get("action") == "serverstats"], [])
+        self.assertEqual(self.world.clock.getDelayedCalls(), [])
+
+    def test_logincookie_only_when_allowed(self) -> None:
+        """logincookie answers only with allowLoginToken, and not to token sessions."""
+        self.assertEqual(self.admin.request("logincookie"), [])
+        self.world.hub.allow_login_token = True
+        [frame] = self.admin.request("logincookie")
+        key = self.world.store._documents["LoginCookieEncryptionKey"]["key"]
+        self.assertEqual(decode_cookie(frame["cookie"], bytes.fromhex(key), NOW, 60),
+                         {"u": self.admin_id, "a": 3, "time": NOW})
+        token = ControlSession(self.world.hub, dict(self.world.doc(self.admin_id)),
+                               lambda text: self.fail(text), lambda: None,
+                               login_token="~t:abc")
+        token.frame_received(b'{"action":"logincookie"}')
+
+    def add_login_event(self, user_id: str, seconds: int, msgid: int = 107) -> None:
+        from datetime import datetime, timezone
+        self.world.store.store_event({
+            "ids": [user_id], "domain": "", "action": "login", "userid": user_id,
+            "msgid": msgid, "msgArgs": ["10.0.0.1", "Chrome", "Linux"],
+            "time": datetime.fromtimestamp(seconds, timezone.utc)})
+
+    def test_report_logins_and_rights(self) -> None:
+        """Login report per user; a non-manager only sees its own; db report: full admins."""
+        bob_id = self.world.add_user("bob")
+        self.add_login_event(self.admin_id, NOW - 50)
+        self.add_login_event(bob_id, NOW - 40, msgid=108)
+        self.add_login_event(bob_id, NOW - 99999)  # outside the range
+        request = {"type": 3, "groupBy": 1, "start": NOW - 3600, "end": NOW}
+        data = self.admin.reply("report", **request)["data"]
+        self.assertEqual(data["groupFormat"], "user")
+        self.assertEqual([c["id"] for c in data["columns"]],
+                         ["time", "ip", "browser", "os", "twofactor", "msg"])
+        self.assertEqual(data["groups"], {
+            self.admin_id: {"entries": [{"time": (NOW - 50) * 1000, "ip": "10.0.0.1",
+                                         "browser": "Chrome", "os": "Linux", "twofactor": "",
+                                         "msg": 107}]},
+            bob_id: {"entries": [{"time": (NOW - 40) * 1000, "ip": "10.0.0.1",
+                                  "browser": "Chrome", "os": "Linux", "twofactor": "",
+                                  "msg": 108}]}})
+        bob = self.world.connect(bob_id)
+        self.assertEqual(list(bob.reply("report", **request)["data"]["groups"]), [bob_id])
+        # Bad input and foreign device groups: no answer.
+        self.assertEqual(bob.request("report", **{**request, "start": NOW + 1}), [])
+        self.assertEqual(bob.request("report", **{**request, "type": 5}), [])
+        self.assertEqual(bob.request("report", **{**request, "type": 1,
+                                                  "devGroup": self.mesh}), [])
+        self.assertEqual(bob.request("report", **{**request, "type": 4}), [])
+        db = self.admin.reply("report", **{**request, "type": 4})["data"]
+        counts = {e["record"]: e["recordcount"] for e in db["groups"]["0"]["entries"]}
+        self.assertEqual((counts["user"], counts["node"], counts["mesh"]), (2, 2, 1))
+
+    def test_report_sessions_and_traffic(self) -> None:
+        """Session report grouped by user and traffic sums, from relay session-end events."""
+        from datetime import datetime, timezone
+        self.world.store.store_event({
+            "ids": [self.admin_id, self.mesh, self.n1], "domain": "", "action": "relaylog",
+            "userid": self.admin_id, "nodeid": self.n1, "msgid": 10, "protocol": 1,
+            "msgArgs": ["a", "b", "c", 42], "bytesin": 100, "bytesout": 200,
+            "time": datetime.fromtimestamp(NOW - 10, timezone.utc)})
+        request = {"type": 1, "groupBy": 1, "start": NOW - 3600, "end": NOW,
+                   "devGroup": self.mesh}
+        data = self.admin.reply("report", **request)["data"]
+        self.assertEqual([c["id"] for c in data["columns"]],
+                         ["time", "nodeid", "meshid", "protocol", "length"])
+        self.assertEqual(data["groups"][self.admin_id]["entries"],
+                         [{"time": (NOW - 10) * 1000, "nodeid": self.n1, "protocol": 1,
+                           "meshid": self.mesh, "length": 42}])
+        traffic = self.admin.reply("report", **{**request, "type": 2})["data"]
+        self.assertEqual(traffic["groups"]["0"]["entries"],
+                         [{"userid": self.admin_id, "length": 42, "bytesin": 100,
+                           "bytesout": 200}])
+
+
 class AuthTests(TestCase):
     def setUp(self) -> None:
         self.world = World()

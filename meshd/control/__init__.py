@@ -50,6 +50,9 @@ def control_hub(*, settings: Any, certificates: Any, web_hash: Callable[[], str]
     expire = certificates.web.cert.not_valid_after_utc.timestamp()
     name = settings.cert or "localhost"
     force2factor = bool(getattr(settings, "force2factor", False))
+    # settings.allowLoginToken: meshd.config does not read it yet, so off (MeshCentral's
+    # default) until it does.
+    allow_login_token = getattr(settings, "allow_login_token", False) is True
 
     def info() -> dict[str, Any]:
         return server_info(name=name, port=settings.port, redirport=settings.redir_port,
@@ -61,4 +64,4 @@ def control_hub(*, settings: Any, certificates: Any, web_hash: Callable[[], str]
         return f"https://{name}:{settings.port}" if settings.port != 443 else f"https://{name}"
 
     return ControlHub(server_info=info, public_url=public_url, force2factor=force2factor,
-                      **collaborators)
+                      allow_login_token=allow_login_token, **collaborators)

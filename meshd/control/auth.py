@@ -227,8 +227,12 @@ class Authenticator:
     async def _cookie_user(self, text: str, peer: str) -> Optional[Document]:
         payload = await self._cookies.decode(text, AUTH_COOKIE_MINUTES)
         if payload is None:
+            self._log.info("auth cookie from {peer} refused: not ours, altered or expired "
+                           "({length} characters)", peer=peer, length=len(text))
             return None
         if payload.get("ip") is not None and payload.get("ip") != peer:
+            self._log.info("auth cookie from {peer} refused: made for another address",
+                           peer=peer)
             return None
         user_id = payload.get("userid")
         if payload.get("a") == 3 and isinstance(payload.get("u"), str):
@@ -239,6 +243,8 @@ class Authenticator:
             return None
         user = await self._store.get(user_id)
         if user is None or is_locked(user):
+            self._log.info("auth cookie from {peer} refused: unknown or locked account",
+                           peer=peer)
             return None
         return user
 

@@ -44,7 +44,8 @@ class ControlHub:
                  agents: Any = None, web_sessions: Any = None,
                  public_url: Optional[Callable[[], str]] = None,
                  random: Callable[[int], bytes] = os.urandom, limiter: Any = None,
-                 max_message: int = MAX_MESSAGE, force2factor: bool = False) -> None:
+                 max_message: int = MAX_MESSAGE, force2factor: bool = False,
+                 allow_login_token: bool = False) -> None:
         self.store = store
         self.bus = bus
         self.presence = presence
@@ -55,6 +56,8 @@ class ControlHub:
         self.server_info = server_info
         self.random = random
         self.max_message = max_message
+        #: MeshCentral's ``settings.allowLoginToken``: the ``logincookie`` action answers.
+        self.allow_login_token = allow_login_token
         self.public_url = public_url or (lambda: "https://localhost")
         self.web_sessions = web_sessions
         self.limiter = limiter

@@ -126,6 +126,8 @@ class ControlSession:
         self.sent_to_nodes: set[str] = set()
         #: (secret, expiry in seconds) from otpauth-request, awaiting otpauth-setup.
         self.pending_otp: Optional[tuple[str, float]] = None
+        #: Repeating timers of this session (``serverstats``), by name; ended on close.
+        self._timers: dict[str, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class ControlSession:
             self.send({"action": "traceinfo", "traceSources": None})
 
     def connection_lost(self) -> None:
+        self._cancel_timers()
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
@@ -153,10 +156,45 @@ class ControlSession:
         self.hub.unregister(self)
 
     def close(self) -> None:
+        self._cancel_timers()
         if not self.closed:
             self.closed = True
             self._pending.clear()
             self._close_transport()
+
+    # -- timers ------------------------------------------------------------------------
+
+    def start_timer(self, name: str, seconds: float,
+                    tick: Callable[["ControlSession"], Any]) -> None:
+        """Call ``tick(self)`` (a coroutine function) every ``seconds`` until
+        :meth:`cancel_timer` or the session ends; a tick that fails is logged."""
+        self.cancel_timer(name)
+        if self.closed:
+            return
+        current: list[Any] = []  # the pending DelayedCall of this timer
+
+        def fire() -> None:
+            if self._timers.get(name) is not current[0] or self.closed:
+                return
+            d = Deferred.fromCoroutine(tick(self))
+            d.addErrback(lambda f: self._log.failure("session timer {name}", f, name=name))
+
+            def again(_: Any) -> None:
+                if self._timers.get(name) is current[0] and not self.closed:
+                    current[0] = self._timers[name] = self.hub.clock.callLater(seconds, fire)
+            d.addBoth(again)
+
+        current.append(self.hub.clock.callLater(seconds, fire))
+        self._timers[name] = current[0]
+
+    def cancel_timer(self, name: str) -> None:
+        call = self._timers.pop(name, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _cancel_timers(self) -> None:
+        for name in list(self._timers):
+            self.cancel_timer(name)
 
     def send(self, message: dict[str, Any]) -> None:
         if not self.closed:

@@ -11,7 +11,17 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from meshd.control.actions import devices, events, groups, twofactor, usergroups, users
+from meshd.control.actions import (
+    details,
+    devices,
+    events,
+    groups,
+    report,
+    server,
+    twofactor,
+    usergroups,
+    users,
+)
 
 ACTIONS: dict[str, Callable[[Any], Any]] = {
     # users, sessions, login tokens
@@ -23,6 +33,7 @@ ACTIONS: dict[str, Callable[[Any], Any]] = {
     "wssessioncount": users.wssessioncount,
     "userbroadcast": users.userbroadcast,
     "authcookie": users.authcookie,
+    "logincookie": server.logincookie,
     "createLoginToken": users.create_login_token,
     "loginTokens": users.login_tokens,
     # second factors (meshd.control.twofactor)
@@ -59,6 +70,7 @@ ACTIONS: dict[str, Callable[[Any], Any]] = {
     "deviceShares": devices.device_shares,
     "removeDeviceShare": devices.remove_device_share,
     "inviteAgent": devices.invite_agent,
+    "getDeviceDetails": details.get_device_details,
     # user groups
     "usergroups": usergroups.usergroups,
     "createusergroup": usergroups.createusergroup,
@@ -67,4 +79,7 @@ ACTIONS: dict[str, Callable[[Any], Any]] = {
     "removeuserfromusergroup": usergroups.removeuserfromusergroup,
     # events
     "events": events.events,
+    "report": report.report,
+    # server
+    "serverstats": server.serverstats,
 }
