@@ -561,6 +561,46 @@ class UsersTests(BrowserTestCase):
         self.assertNoErrors(admin_session)
         self.assertNoErrors(user_session)
 
+    def test_edit_user(self) -> None:
+        """An administrator changes a user's e-mail and makes them site administrator
+        (the row follows live, and the user's open page gains the Users view), then
+        takes it back; their own site rights cannot be changed from the dialog."""
+        session = self.session()
+        self.log_in(session)
+        page = session.page
+        name = "e" + uuid.uuid4().hex[:6]
+        make_user(self.server, name, "Edit-Pass-3")
+        other = self.session()
+        self.log_in(other, name, "Edit-Pass-3")
+        self.assertFalse(other.page.is_visible("#nav-users"))
+        page.click("#nav-users")
+        row = f"#user-rows tr[data-name='{name}']"
+        page.click(f"{row} .edit-user")
+        page.fill("#edit-user-email", "not-an-address")
+        page.evaluate("document.querySelector('#edit-user-email').type = 'text'")
+        page.click("#edit-user-submit")
+        page.wait_for_selector("#edit-user-error:has-text('Invalid email')")
+        page.fill("#edit-user-email", f"{name}@example.org")
+        page.check("#edit-user-admin")
+        page.click("#edit-user-submit")
+        page.wait_for_selector(f"{row} td.rights:text-is('Site administrator')")
+        self.assertFalse(page.is_visible("#user-dialog"))
+        self.assertIn(f"{name}@example.org", page.text_content(row) or "")
+        other.page.wait_for_selector("#nav-users", state="visible", timeout=15000)
+
+        page.click(f"{row} .edit-user")
+        self.assertTrue(page.is_checked("#edit-user-admin"))
+        page.uncheck("#edit-user-admin")
+        page.click("#edit-user-submit")
+        page.wait_for_selector(f"{row} td.rights:text-is('Standard user')")
+        other.page.wait_for_selector("#nav-users", state="hidden", timeout=15000)
+
+        page.click("#user-rows tr[data-name='admin'] .edit-user")
+        self.assertTrue(page.is_disabled("#edit-user-admin"))
+        page.keyboard.press("Escape")
+        self.assertNoErrors(session)
+        self.assertNoErrors(other)
+
     def test_add_site_administrator(self) -> None:
         """A user added as site administrator gets the Users view."""
         session = self.session()
@@ -582,6 +622,99 @@ class UsersTests(BrowserTestCase):
         other.page.wait_for_selector(f"#user-rows tr[data-name='{name}']")
         self.assertNoErrors(session)
         self.assertNoErrors(other)
+
+
+class GroupRightsTests(BrowserTestCase):
+    """Who may use a device group, set in the group's Users dialog."""
+
+    def add_user(self, session: Session, name: str, password: str) -> None:
+        page = session.page
+        page.click("#nav-users")
+        page.wait_for_selector("#user-rows tr[data-name='admin']")
+        page.click("#add-user")
+        page.fill("#new-user-name", name)
+        page.fill("#new-user-password", password)
+        page.click("#add-user-submit")
+        page.wait_for_selector(f"#user-rows tr[data-name='{name}']")
+        page.click("#nav-devices")
+
+    def test_user_limited_to_one_group(self) -> None:
+        """Add a user with rights limited to one group and log in as them to see only that
+        group: the administrator makes two groups with a real agent each and a user, gives
+        the user chosen rights on one group in its Users dialog; the user, in a second
+        browser, sees that group and its device only.  Removing the user from the group
+        takes the group away from the user's open page live."""
+        admin_session = self.session()
+        self.log_in(admin_session)
+        page = admin_session.page
+        tag = uuid.uuid4().hex[:6]
+        mine, other = "mine-" + tag, "other-" + tag
+        mine_id = self.create_group(admin_session, mine)
+        other_id = self.create_group(admin_session, other)
+        agents = []
+        for meshid in (mine_id, other_id):
+            msh = request(self.server, "GET", f"/meshsettings?id={meshid.split('/')[-1]}").body
+            agent = PythonAgent(msh).start()
+            self.addCleanup(agent.cleanup)
+            agents.append(agent)
+        name, password = "limited" + tag, "Limited-Pass-7"
+        self.add_user(admin_session, name, password)
+
+        group = f"section.group[data-meshid='{mine_id}']"
+        page.click(f"{group} .group-users")
+        page.wait_for_selector("#member-rows tr.member[data-name='admin']")
+        self.assertIn("Full administrator", page.text_content(
+            "#member-rows tr.member[data-name='admin']") or "")
+        self.assertEqual(page.query_selector_all(
+            "#member-rows tr.member[data-name='admin'] .remove-member"), [])
+        page.fill("#member-name", "nobody-" + tag)
+        page.click("#member-add")
+        page.wait_for_selector("#member-error:has-text('There is no user')")
+        # View only, then give the terminal back: rights chosen box by box.
+        page.select_option("#member-preset", "view")
+        self.assertTrue(page.is_checked("#right-200"))
+        self.assertTrue(page.is_checked("#right-100"))
+        page.uncheck("#right-200")
+        self.assertEqual(page.input_value("#member-preset"), "custom")
+        page.fill("#member-name", name)
+        page.click("#member-add")
+        row = f"#member-rows tr.member[data-name='{name}']"
+        page.wait_for_selector(row)
+        self.assertEqual(page.text_content(f"{row} .rights"),
+                         "Remote control, Remote view only, No files, Device details")
+        self.assertEqual(page.get_attribute(f"{row} .rights", "title"), "0x100508")
+        self.shot(admin_session, "group-users")
+        page.click("#members-close")
+
+        user_session = self.session()
+        self.log_in(user_session, name, password)
+        upage = user_session.page
+        ugroup = f"section.group[data-meshid='{mine_id}']"
+        try:
+            upage.wait_for_selector(f"{ugroup} tr.device[data-online='1']", timeout=90000)
+            page.wait_for_selector(f"section.group[data-meshid='{other_id}'] "
+                                   "tr.device[data-online='1']", timeout=90000)
+        except Exception:
+            raise AssertionError("agent logs:\n" + "\n".join(a.log()[-2000:] for a in agents))
+        self.assertEqual(upage.query_selector_all(f"section.group[data-meshid='{other_id}']"),
+                         [])
+        self.assertEqual(len(upage.query_selector_all("section.group")), 1)
+        self.assertEqual(len(upage.query_selector_all("tr.device")), 1)
+        self.assertIn("1 group, 1 device", upage.text_content("#device-summary") or "")
+        self.assertNotIn(other, upage.text_content("#groups") or "")
+        self.assertFalse(upage.is_visible("#nav-users"))
+        # Without manage-users or full rights on the group, those buttons are not offered.
+        self.assertEqual(upage.query_selector_all(f"{ugroup} .group-users"), [])
+        self.assertEqual(upage.query_selector_all(f"{ugroup} .delete-group"), [])
+        self.shot(user_session, "devices-limited-user")
+
+        page.click(f"{group} .group-users")
+        page.click(f"{row} .remove-member")
+        page.wait_for_selector(row, state="detached")
+        upage.wait_for_selector(ugroup, state="detached", timeout=15000)
+        self.assertIn("No device groups", upage.text_content("#device-summary") or "")
+        self.assertNoErrors(admin_session)
+        self.assertNoErrors(user_session)
 
 
 class AccountTests(BrowserTestCase):

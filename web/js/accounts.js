@@ -137,3 +137,66 @@ export function parseOtpauth(url) {
 export function groupSecret(secret) {
   return (String(secret ?? "").toUpperCase().match(/.{1,4}/g) || []).join(" ");
 }
+
+// Rights on a device group (`links[...].rights`, `meshadmin`; control-protocol §6.1).
+// The "No …" ones take rights away from a user who has remote control.
+export const MESH_RIGHTS = [
+  [0x1, "Edit group"], [0x2, "Manage users"], [0x4, "Manage devices"],
+  [0x8, "Remote control"], [0x10, "Agent console"], [0x20, "Server files"],
+  [0x40, "Wake devices"], [0x80, "Edit notes"], [0x100, "Remote view only"],
+  [0x200, "No terminal"], [0x400, "No files"], [0x800, "No Intel AMT"],
+  [0x1000, "Limited input"], [0x2000, "Only own events"], [0x4000, "Chat and notify"],
+  [0x8000, "Uninstall"], [0x10000, "No desktop"], [0x20000, "Run commands"],
+  [0x40000, "Reset and power off"], [0x80000, "Guest sharing"],
+  [0x100000, "Device details"], [0x200000, "Relay"],
+];
+
+// Common sets of group rights, in the order a form offers them.
+export const MESH_PRESETS = [
+  ["full", "Full administrator", FULL_ADMIN],
+  ["remote", "Remote control (terminal, files, commands)",
+    0x8 | 0x40 | 0x80 | 0x4000 | 0x20000 | 0x100000],
+  ["terminal", "Terminal only", 0x8 | 0x400 | 0x10000 | 0x100000],
+  ["files", "Files only", 0x8 | 0x200 | 0x10000 | 0x100000],
+  ["view", "View only", 0x8 | 0x100 | 0x200 | 0x400 | 0x100000],
+];
+
+export function presetOf(rights) {
+  const bits = (Number(rights) || 0) >>> 0;
+  return MESH_PRESETS.find(([, , value]) => value >>> 0 === bits)?.[0] ?? "custom";
+}
+
+export function meshRightsText(rights) {
+  const bits = (Number(rights) || 0) >>> 0;
+  if (bits === FULL_ADMIN) return "Full administrator";
+  if (!bits) return "No rights";
+  const preset = MESH_PRESETS.find(([, , value]) => value >>> 0 === bits);
+  if (preset) return preset[1];
+  const names = MESH_RIGHTS.filter(([bit]) => bits & bit).map(([, name]) => name);
+  return names.length ? names.join(", ") : `Rights 0x${bits.toString(16)}`;
+}
+
+// Rights from a set of checked bits (numbers), as the unsigned 32-bit value the server wants.
+export function rightsFromBits(bits) {
+  let rights = 0;
+  for (const bit of bits || []) rights |= Number(bit) || 0;
+  return rights >>> 0;
+}
+
+// The users (and user groups) linked to a device group, by name: [{id, name, rights, kind}].
+export function groupMembers(mesh) {
+  const links = mesh?.links && typeof mesh.links === "object" ? mesh.links : {};
+  return Object.entries(links)
+    .filter(([id, link]) => /^(user|ugrp)\//.test(id) && link && typeof link === "object")
+    .map(([id, link]) => ({
+      id,
+      name: typeof link.name === "string" && link.name ? link.name : id.split("/").pop(),
+      rights: (Number(link.rights) || 0) >>> 0,
+      kind: id.startsWith("ugrp/") ? "user group" : "user",
+    }))
+    .sort((a, b) => {
+      const left = a.name.toLowerCase();
+      const right = b.name.toLowerCase();
+      return left < right ? -1 : left > right ? 1 : a.id < b.id ? -1 : 1;
+    });
+}

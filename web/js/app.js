@@ -27,6 +27,12 @@ const STATE_TEXT = {
   [STATES.CLOSED]: "Disconnected",
 };
 
+// The device groups an account is linked to, as one comparable string.
+function meshKeys(account) {
+  const links = account?.links && typeof account.links === "object" ? account.links : {};
+  return Object.keys(links).filter((id) => id.startsWith("mesh/")).sort().join(" ");
+}
+
 // The whole app: shell, router, control channel, models and views.
 // `createWebSocket` and `location` are injected (main.js passes the browser's).
 export function startApp({ root, bootstrap, createWebSocket, url, location }) {
@@ -51,7 +57,8 @@ export function startApp({ root, bootstrap, createWebSocket, url, location }) {
 
   const toasts = new Toasts(toastRoot);
   const origin = `${location.protocol}//${location.host}`;
-  new DevicesView({ root: sections.devices, model: devices, client, toasts, origin });
+  new DevicesView({ root: sections.devices, model: devices, client, toasts, origin,
+    me: () => client.userinfo?._id });
   const deviceView = new DeviceView({ root: sections.device, model: devices, client, toasts,
     createWebSocket, relayBase: relayBase(location) });
   new EventsView({ root: sections.events, log: events });
@@ -117,10 +124,13 @@ export function startApp({ root, bootstrap, createWebSocket, url, location }) {
   client.on("event", (event) => {
     events.add(event);
     if (event.action === "accountchange" && event.account &&
-        event.userid === client.userinfo?._id) {
-      // Our own account changed (password, second factor, rights).
+        event.account._id === client.userinfo?._id) {
+      // Our own account changed (password, second factor, rights), by us or an
+      // administrator; given or taken device groups mean other lists.
+      const groupsBefore = meshKeys(user);
       account.update(event.account);
       setUser(event.account);
+      if (meshKeys(event.account) !== groupsBefore) reloadSoon();
     }
     const change = devices.applyEvent(event);
     if (!change) return;

@@ -2,8 +2,9 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  FULL_ADMIN, UserList, canManageUsers, groupSecret, isFullAdmin, parseOtpauth,
-  passwordProblem, siteRightsText, userNameProblem,
+  FULL_ADMIN, MESH_PRESETS, MESH_RIGHTS, UserList, canManageUsers, groupMembers, groupSecret,
+  isFullAdmin, meshRightsText, parseOtpauth, passwordProblem, presetOf, rightsFromBits,
+  siteRightsText, userNameProblem,
 } from "../js/accounts.js";
 
 test("only full administrators and user managers manage users", () => {
@@ -84,4 +85,44 @@ test("an otpauth key URI gives its secret, issuer and account", () => {
 test("secrets are shown in groups of four", () => {
   assert.equal(groupSecret("jbswy3dpehpk3pxpq"), "JBSW Y3DP EHPK 3PXP Q");
   assert.equal(groupSecret(""), "");
+});
+
+test("group rights read as presets or words", () => {
+  assert.equal(meshRightsText(FULL_ADMIN), "Full administrator");
+  assert.equal(meshRightsText(-1), "Full administrator");
+  assert.equal(meshRightsText(0), "No rights");
+  assert.equal(meshRightsText(0x8 | 0x100 | 0x200 | 0x400 | 0x100000), "View only");
+  assert.equal(meshRightsText(0x8 | 0x10), "Remote control, Agent console");
+  assert.equal(meshRightsText(0x400000), "Rights 0x400000");
+  assert.equal(presetOf(FULL_ADMIN), "full");
+  assert.equal(presetOf(0x8 | 0x400 | 0x10000 | 0x100000), "terminal");
+  assert.equal(presetOf(0x8), "custom");
+  for (const [, , value] of MESH_PRESETS) assert.ok(value > 0 && value <= FULL_ADMIN);
+  assert.equal(new Set(MESH_RIGHTS.map(([bit]) => bit)).size, 22);
+});
+
+test("rights from checked bits are one unsigned number", () => {
+  assert.equal(rightsFromBits([]), 0);
+  assert.equal(rightsFromBits([8, "16", 0x100000]), 0x100018);
+  assert.equal(rightsFromBits(MESH_RIGHTS.map(([bit]) => bit)), 0x3FFFFF);
+  assert.equal(rightsFromBits([0x80000000]), 0x80000000);
+});
+
+test("group members come from the group's links, by name", () => {
+  const mesh = { links: {
+    "user//zed": { name: "zed", rights: FULL_ADMIN },
+    "user//alice": { name: "Alice", rights: 8 },
+    "ugrp//ops": { name: "ops", rights: -1 },
+    "user//noname": { rights: 0 },
+    "node//x": { rights: 8 },
+    "user//broken": null,
+  } };
+  assert.deepEqual(groupMembers(mesh), [
+    { id: "user//alice", name: "Alice", rights: 8, kind: "user" },
+    { id: "user//noname", name: "noname", rights: 0, kind: "user" },
+    { id: "ugrp//ops", name: "ops", rights: FULL_ADMIN, kind: "user group" },
+    { id: "user//zed", name: "zed", rights: FULL_ADMIN, kind: "user" },
+  ]);
+  assert.deepEqual(groupMembers({}), []);
+  assert.deepEqual(groupMembers(null), []);
 });

@@ -1,11 +1,16 @@
+import {
+  FULL_ADMIN, MESH_PRESETS, MESH_RIGHTS, groupMembers, meshRightsText, presetOf, rightsFromBits,
+} from "../accounts.js";
 import { coalesce, clear, h } from "../dom.js";
 import { connectionState, formatTime, matchesFilter, osName, shortId } from "../format.js";
 import { deviceHref } from "../route.js";
 
 // Device groups with their devices: create, delete, add an agent, filter; live state.
 export class DevicesView {
-  constructor({ root, model, client, toasts, origin }) {
+  constructor({ root, model, client, toasts, origin, me = () => undefined }) {
     this.root = root;
+    this.me = me;  // () => the logged-in user's id
+    this.members = null;  // the open "users of a group" dialog: {meshid, render}
     this.model = model;
     this.client = client;
     this.toasts = toasts;
@@ -13,7 +18,10 @@ export class DevicesView {
     this.filter = "";
     this.render = coalesce(() => this._render());
     this._build();
-    model.onChange(() => this.render());
+    model.onChange(() => {
+      this.render();
+      this.members?.render();
+    });
   }
 
   _build() {
@@ -73,6 +81,134 @@ export class DevicesView {
     dialog.showModal();
   }
 
+  // Who may use a group, with which rights: list, add with a preset or chosen rights,
+  // remove.  The list follows the group's `meshchange` events while the dialog is open.
+  _members(meshid) {
+    const dialog = this.dialog;
+    const mesh = this.model.meshes.get(meshid);
+    if (!mesh) return;
+    const title = h("h2", {});
+    const rows = h("tbody", { id: "member-rows" });
+    const name = h("input", { id: "member-name", name: "username", required: true,
+      maxlength: "64", autocomplete: "off", list: "member-names" });
+    const names = h("datalist", { id: "member-names" });
+    const preset = h("select", { id: "member-preset", name: "preset" },
+      MESH_PRESETS.map(([id, label]) => h("option", { value: id, text: label })),
+      h("option", { value: "custom", text: "Chosen rights…" }));
+    const boxes = MESH_RIGHTS.map(([bit, label]) => h("label", { class: "check" },
+      h("input", { type: "checkbox", class: "right-bit", id: `right-${bit.toString(16)}`,
+        value: String(bit), dataset: { bit: String(bit) } }), label));
+    const rights = h("fieldset", { class: "rights-bits", id: "member-rights" },
+      h("legend", { text: "Rights" }), boxes);
+    const inputs = boxes.map((label) => label.querySelector("input"));
+    const chosen = () => preset.value === "full" ? FULL_ADMIN
+      : rightsFromBits(inputs.filter((box) => box.checked).map((box) => box.value));
+    const showPreset = () => {
+      const value = MESH_PRESETS.find(([id]) => id === preset.value)?.[2];
+      if (value !== undefined) for (const box of inputs) box.checked = (value & box.value) !== 0;
+      rights.disabled = preset.value === "full";
+    };
+    preset.addEventListener("change", showPreset);
+    for (const box of inputs) {
+      box.addEventListener("change", () => { preset.value = presetOf(chosen()); });
+    }
+    preset.value = "remote";
+    showPreset();
+    const error = h("p", { class: "error", id: "member-error", role: "alert" });
+    const submit = h("button", { type: "submit", class: "primary", id: "member-add",
+      text: "Add user" });
+    const form = h("form", { class: "stacked", id: "add-member", onsubmit: async (e) => {
+      e.preventDefault();
+      const username = name.value.trim();
+      if (!username) {
+        error.textContent = "Enter the name of a user";
+        return;
+      }
+      const value = chosen();
+      if (!value) {
+        error.textContent = "Choose at least one right";
+        return;
+      }
+      submit.disabled = true;
+      error.textContent = "";
+      try {
+        const reply = await this.client.request("addmeshuser",
+          { meshid, meshadmin: value, usernames: [username] });
+        if (!(Number(reply.success) > 0)) {
+          error.textContent = reply.result === "Nothing done"
+            ? `There is no user "${username}"` : String(reply.result ?? "Not added");
+          return;
+        }
+        name.value = "";
+        this.toasts.show(`${username} may now use "${this._meshName(meshid)}": ` +
+          meshRightsText(value), "ok");
+      } catch (err) {
+        error.textContent = `Could not add the user: ${err.message}`;
+      } finally {
+        submit.disabled = false;
+      }
+    } },
+    h("h3", { text: "Add a user" }),
+    h("label", {}, "User name", name), names,
+    h("label", {}, "Rights", preset), rights, error,
+    h("div", { class: "buttons" },
+      h("button", { type: "button", text: "Close", id: "members-close",
+        onclick: () => dialog.close() }), submit));
+    const render = () => {
+      const current = this.model.meshes.get(meshid);
+      if (!current) {
+        dialog.close();
+        return;
+      }
+      title.textContent = `Users of "${current.name}"`;
+      const me = this.me();
+      rows.replaceChildren(...groupMembers(current).map((member) => h("tr", {
+        class: "member", dataset: { userid: member.id, name: member.name } },
+      h("td", { class: "name" }, member.name,
+        member.kind !== "user" ? h("span", { class: "tag", text: member.kind }) : null,
+        member.id === me ? h("span", { class: "tag", text: "you" }) : null),
+      h("td", { class: "rights", text: meshRightsText(member.rights),
+        title: `0x${member.rights.toString(16)}` }),
+      h("td", { class: "actions" }, member.id === me ? null : h("button", { type: "button",
+        class: "remove-member danger-outline", text: "Remove",
+        "aria-label": `Remove ${member.name} from the group`,
+        onclick: (e) => this._removeMember(meshid, member, e.currentTarget, error) })))));
+    };
+    this.members = { meshid, render };
+    dialog.onclose = () => {
+      if (this.members?.render === render) this.members = null;
+    };
+    clear(dialog).append(h("div", { class: "members" }, title,
+      h("table", { class: "members" },
+        h("thead", {}, h("tr", {}, ["User", "Rights", ""].map((text) =>
+          h("th", { scope: "col", text })))), rows),
+      form));
+    render();
+    dialog.showModal();
+    name.focus();
+    // Names to pick from, for those allowed to list the accounts.
+    this.client.request("users").then((reply) => {
+      if (!Array.isArray(reply.users)) return;
+      names.replaceChildren(...reply.users.map((user) => h("option", { value: user.name })));
+    }, () => {});
+  }
+
+  _meshName(meshid) {
+    return this.model.meshes.get(meshid)?.name ?? "";
+  }
+
+  async _removeMember(meshid, member, button, error) {
+    button.disabled = true;
+    error.textContent = "";
+    try {
+      await this.client.call("removemeshuser", { meshid, userid: member.id });
+      this.toasts.show(`${member.name} removed from "${this._meshName(meshid)}"`, "ok");
+    } catch (err) {
+      error.textContent = `Could not remove ${member.name}: ${err.message}`;
+      button.disabled = false;
+    }
+  }
+
   _addAgent(mesh) {
     const id = encodeURIComponent(shortId(mesh._id));
     const command = `curl -fsSk '${this.origin}/meshagents/install.sh?id=${id}' | sudo sh`;
@@ -126,10 +262,16 @@ export class DevicesView {
     const heading = h("h2", { class: "group-name", text: mesh.name || "(unnamed group)" });
     const counts = h("span", { class: "counts",
       text: `${devices.length} device${devices.length === 1 ? "" : "s"} · ${up} online` });
+    // What our own link allows (no link of ours: the server decides, buttons stay).
+    const link = mesh.links?.[this.me()];
+    const rights = link ? (Number(link.rights) || 0) >>> 0 : FULL_ADMIN;
     const actions = h("div", { class: "group-actions" },
       h("button", { type: "button", class: "add-agent", text: "Add agent",
         "aria-label": `Add an agent to ${mesh.name}`, onclick: () => this._addAgent(mesh) }),
-      h("button", { type: "button", class: "delete-group danger-outline", text: "Delete",
+      rights & 0x2 ? h("button", { type: "button", class: "group-users", text: "Users",
+        "aria-label": `Users of ${mesh.name}`, onclick: () => this._members(mesh._id) }) : null,
+      rights !== FULL_ADMIN ? null : h("button", { type: "button",
+        class: "delete-group danger-outline", text: "Delete",
         "aria-label": `Delete group ${mesh.name}`, onclick: () => this._confirmDelete(mesh) }));
     let body;
     if (!devices.length) {

@@ -1,5 +1,5 @@
 import {
-  FULL_ADMIN, UserList, passwordProblem, siteRightsText, userNameProblem,
+  FULL_ADMIN, UserList, isFullAdmin, passwordProblem, siteRightsText, userNameProblem,
 } from "../accounts.js";
 import { coalesce, clear, h } from "../dom.js";
 import { formatTime } from "../format.js";
@@ -62,9 +62,12 @@ export class UsersView {
         h("td", { text: user.email ?? "" }),
         h("td", { class: "rights", text: siteRightsText(user.siteadmin) }),
         h("td", { text: user.login ? formatTime(user.login * 1000) : "never" }),
-        h("td", { class: "actions" }, self ? null : h("button", { type: "button",
-          class: "delete-user danger-outline", text: "Delete",
-          "aria-label": `Delete user ${user.name}`, onclick: () => this._confirmDelete(user) })));
+        h("td", { class: "actions" },
+          h("button", { type: "button", class: "edit-user", text: "Edit",
+            "aria-label": `Edit user ${user.name}`, onclick: () => this._editDialog(user) }),
+          self ? null : h("button", { type: "button",
+            class: "delete-user danger-outline", text: "Delete",
+            "aria-label": `Delete user ${user.name}`, onclick: () => this._confirmDelete(user) })));
     }));
   }
 
@@ -114,6 +117,53 @@ export class UsersView {
     clear(dialog).append(form);
     dialog.showModal();
     name.focus();
+  }
+
+  // E-mail and site administrator (`edituser`); the server refuses to change one's own rights.
+  _editDialog(user) {
+    const self = user._id === this.me();
+    const wasAdmin = isFullAdmin(user);
+    const email = h("input", { id: "edit-user-email", name: "email", type: "email",
+      autocomplete: "off", value: user.email ?? "" });
+    const admin = h("input", { id: "edit-user-admin", name: "siteadmin", type: "checkbox",
+      checked: wasAdmin, disabled: self });
+    const error = h("p", { class: "error", id: "edit-user-error", role: "alert" });
+    const submit = h("button", { type: "submit", class: "primary", id: "edit-user-submit",
+      text: "Save" });
+    const dialog = this.dialog;
+    dialog.onclose = null;
+    const form = h("form", { class: "stacked", onsubmit: async (e) => {
+      e.preventDefault();
+      const fields = { userid: user._id };
+      const address = email.value.trim();
+      if (address !== (user.email ?? "")) fields.email = address;
+      if (!self && admin.checked !== wasAdmin) fields.siteadmin = admin.checked ? FULL_ADMIN : 0;
+      if (Object.keys(fields).length === 1) {
+        dialog.close();
+        return;
+      }
+      submit.disabled = true;
+      error.textContent = "";
+      try {
+        await this.client.call("edituser", fields);
+        dialog.close();
+        this.toasts.show(`User "${user.name}" changed`, "ok");
+      } catch (err) {
+        error.textContent = `Could not change the user: ${err.message}`;
+      } finally {
+        submit.disabled = false;
+      }
+    } },
+    h("h2", { text: `Edit the user "${user.name}"` }),
+    h("label", {}, "E-mail", email),
+    h("label", { class: "check" }, admin, "Site administrator (full rights on the server)"),
+    self ? h("p", { class: "hint", text: "You cannot change your own site rights." }) : null,
+    error,
+    h("div", { class: "buttons" },
+      h("button", { type: "button", text: "Cancel", onclick: () => dialog.close() }), submit));
+    clear(dialog).append(form);
+    dialog.showModal();
+    email.focus();
   }
 
   _confirmDelete(user) {
