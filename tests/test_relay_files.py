@@ -468,6 +468,14 @@ class MeshCtrlFilesTests(TestCase):
         short_id = setup.node_id.split("/")[-1]
         out = await deferToThread(ctl.run, "upload", "--id", short_id, "--file", local,
                                   "--target", remote, timeout=180)
+        if "Unexpected server response: 403" in out:
+            # Seen rarely under CI load and not yet explained: the relay refused meshctrl's
+            # auth cookie (the server log says why since then).  Kept visible in the log,
+            # retried once so the file path itself stays tested.
+            print("meshctrl relay login refused once; server log:\n"
+                  + setup.server.log()[-2000:])
+            out = await deferToThread(ctl.run, "upload", "--id", short_id, "--file", local,
+                                      "--target", remote, timeout=180)
         self.assertIn("Upload done", out, out + setup.agent_log()[-3000:] + setup.server.log()[-4000:])
         self.assertEqual(file_sha256(os.path.join(remote, "payload.bin")), digest)
         back = os.path.join(work, "back.bin")
