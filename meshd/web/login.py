@@ -213,6 +213,16 @@ class _AuthPage(Resource):
         super().__init__()
         self._auth = auth
 
+    def _refuse_form(self, request: Request) -> Optional[bytes]:
+        """The answer to a form post that must not be handled (another site's, too big)."""
+        if not _same_origin(request):
+            request.setResponseCode(403)
+            return page(self._auth.title, "<p>Cross-site form posts are refused.</p>")
+        if _too_large(request):
+            request.setResponseCode(413)
+            return page(self._auth.title, "<p>The form is too large.</p>")
+        return None
+
 
 class LandingResource(Resource):
     """``GET /``: landing page, login form, or first-run account creation."""
@@ -256,12 +266,9 @@ class LoginResource(_AuthPage):
     async def _login(self, request: Request) -> bytes:
         auth = self._auth
         await auth.ready()
-        if not _same_origin(request):
-            request.setResponseCode(403)
-            return page(auth.title, "<p>Cross-site form posts are refused.</p>")
-        if _too_large(request):
-            request.setResponseCode(413)
-            return page(auth.title, "<p>The form is too large.</p>")
+        refusal = self._refuse_form(request)
+        if refusal is not None:
+            return refusal
         username = _arg(request, b"username").strip()
         password = _arg(request, b"password")
         ip = client_ip(request)
@@ -351,12 +358,9 @@ class CreateAccountResource(_AuthPage):
     async def _create(self, request: Request) -> bytes:
         auth = self._auth
         await auth.ready()
-        if not _same_origin(request):
-            request.setResponseCode(403)
-            return page(auth.title, "<p>Cross-site form posts are refused.</p>")
-        if _too_large(request):
-            request.setResponseCode(413)
-            return page(auth.title, "<p>The form is too large.</p>")
+        refusal = self._refuse_form(request)
+        if refusal is not None:
+            return refusal
         username = _arg(request, b"username").strip()
         email = _arg(request, b"email").strip() or None
         password1, password2 = _arg(request, b"password1"), _arg(request, b"password2")
