@@ -78,6 +78,13 @@ class NodeTestRunnerTests(SynchronousTestCase):
 VENDOR_FILES = {
     "@xterm/xterm": ("xterm", ["lib/xterm.mjs", "css/xterm.css", "LICENSE"]),
     "@xterm/addon-fit": ("addon-fit", ["lib/addon-fit.mjs", "LICENSE"]),
+    "qrcode-generator": ("qrcode", ["dist/qrcode.mjs", "LICENSE"]),
+}
+# Packages whose npm tarball has no LICENSE file: build-vendor.sh copies this licence text,
+# committed in web/, as their LICENSE (the package's own files state the same licence).
+LICENSE_IN_WEB = {
+    "qrcode-generator": ("licenses/qrcode-generator.LICENSE",
+                         "dist/qrcode.mjs", "Copyright (c) 2009 Kazuhiko Arase"),
 }
 
 
@@ -137,7 +144,19 @@ class VendorTests(SynchronousTestCase):
             if meta["version"] != lock[f"node_modules/{package}"]["version"]:
                 raise SkipTest(f"web/node_modules has another {package}: run npm ci")
             for name in files:
-                with open(os.path.join(installed, name), "rb") as f:
+                source = os.path.join(installed, name)
+                if name == "LICENSE" and package in LICENSE_IN_WEB:
+                    text, licensed, holder = LICENSE_IN_WEB[package]
+                    # Should a release add its own LICENSE, that one is to be used.
+                    self.assertFalse(os.path.exists(source), f"{package} now has a LICENSE")
+                    with open(os.path.join(installed, licensed), encoding="utf-8") as f:
+                        header = f.read(2000)
+                    self.assertIn("Licensed under the MIT license", header)
+                    self.assertIn(holder, header)
+                    source = os.path.join(WEB, text)
+                    with open(source, encoding="utf-8") as f:
+                        self.assertIn(holder, f.read())
+                with open(source, "rb") as f:
                     original = f.read()
                 with open(os.path.join(WEB, "vendor", target, os.path.basename(name)),
                           "rb") as f:

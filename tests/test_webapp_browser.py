@@ -111,7 +111,7 @@ class AppResourceTests(SynchronousTestCase):
         wanted = {os.path.relpath(path, WEB) for path in glob.glob(os.path.join(WEB, "**", "*"),
                                                                    recursive=True)
                   if os.path.isfile(path) and not os.path.relpath(path, WEB).startswith(
-                      ("tests" + os.sep, "node_modules" + os.sep))
+                      ("tests" + os.sep, "node_modules" + os.sep, "licenses" + os.sep))
                   and os.path.relpath(path, WEB) not in NOT_INSTALLED}
         self.assertEqual(wanted - installed, set())
 
@@ -266,6 +266,42 @@ class DeviceGroupTests(BrowserTestCase):
         second.page.wait_for_selector(f"#event-rows tr:has-text('Device group created: {name}')")
         self.assertIn("Device group deleted", second.page.text_content("#event-rows") or "")
         self.shot(second, "events")
+        self.assertNoErrors(first)
+        self.assertNoErrors(second)
+
+    def test_rename_group_live_in_two_sessions(self) -> None:
+        """Editing a group renames it and sets its description (editmesh); another session
+        sees the change at once, and the event log records it."""
+        first, second = self.session(), self.session()
+        self.log_in(first)
+        self.log_in(second)
+        name = "old-" + uuid.uuid4().hex[:6]
+        new_name = "new-" + uuid.uuid4().hex[:6]
+        meshid = self.create_group(first, name)
+        second.page.wait_for_selector(f"section.group[data-meshid='{meshid}']", timeout=10000)
+        page = first.page
+        page.click(f"section.group[data-meshid='{meshid}'] .edit-group")
+        page.wait_for_selector("#edit-group-name")
+        self.assertEqual(page.input_value("#edit-group-name"), name)
+        page.fill("#edit-group-name", new_name)
+        page.fill("#edit-group-desc", "Rack <b>4</b>")
+        page.click("#edit-group-save")
+        page.wait_for_selector("#dialog", state="hidden")
+        for session in (first, second):
+            section = f"section.group[data-meshid='{meshid}']"
+            session.page.wait_for_selector(f"{section}[data-name='{new_name}']", timeout=10000)
+            self.assertEqual(session.page.text_content(f"{section} h2.group-name"), new_name)
+            self.assertEqual(session.page.text_content(f"{section} p.desc"), "Rack <b>4</b>")
+        # An empty name is refused in the dialog, and Cancel changes nothing.
+        page.click(f"section.group[data-meshid='{meshid}'] .edit-group")
+        page.fill("#edit-group-name", "  ")
+        page.click("#edit-group-save")
+        page.wait_for_selector("#edit-group-error:has-text('Enter a name')")
+        page.click("#edit-group-cancel")
+        page.wait_for_selector("#dialog", state="hidden")
+        second.page.click("#nav-events")
+        second.page.wait_for_selector(
+            f"#event-rows tr:has-text('Device group name changed from \"{name}\"')")
         self.assertNoErrors(first)
         self.assertNoErrors(second)
 
@@ -764,6 +800,18 @@ class AccountTests(BrowserTestCase):
         page.click("#totp-start")
         page.wait_for_selector("#totp-url")
         url = page.text_content("#totp-url") or ""
+        # The key as a QR code (SVG drawn by the vendored qrcode-generator), shown at a
+        # scannable size, with the text key and address kept beside it.
+        qr = page.wait_for_selector("#totp-qr svg.qr-code path.qr-dark")
+        modules = int(page.get_attribute("#totp-qr svg.qr-code", "data-modules") or 0)
+        self.assertGreaterEqual(modules, 21)
+        self.assertEqual((modules - 21) % 4, 0)  # a QR version's size: 21 + 4·(version-1)
+        self.assertTrue((qr.get_attribute("d") or "").startswith("M4 4h7v1h-7z"))  # finder
+        box = page.query_selector("#totp-qr svg.qr-code").bounding_box()
+        self.assertIsNotNone(box)
+        assert box is not None
+        self.assertGreaterEqual(box["width"], 120)
+        self.assertAlmostEqual(box["width"], box["height"], delta=1)
         self.assertTrue(url.startswith("otpauth://totp/"), url)
         secret = re.search(r"secret=([A-Z2-7]+)", url)
         assert secret is not None

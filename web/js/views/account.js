@@ -1,6 +1,7 @@
 import { groupSecret, parseOtpauth, passwordProblem, siteRightsText } from "../accounts.js";
 import { clear, h } from "../dom.js";
 import { formatTime } from "../format.js";
+import { qrSvg } from "../qr.js";
 
 // The logged-in account: facts, changing the password, two-factor authentication.
 export class AccountView {
@@ -142,6 +143,15 @@ export class AccountView {
     const message = h("p", { class: "message error", id: "totp-message", role: "alert" });
     const submit = h("button", { type: "submit", class: "primary", id: "totp-verify",
       text: "Verify and turn on" });
+    const qr = h("div", { class: "qr", id: "totp-qr", "aria-busy": "true" });
+    qrSvg(url, { label: "QR code of the authenticator key" }).then((svg) => {
+      qr.replaceChildren(svg);
+      qr.removeAttribute("aria-busy");
+    }, (error) => {
+      qr.removeAttribute("aria-busy");
+      qr.replaceChildren(h("p", { class: "hint", text: `The QR code could not be drawn ` +
+        `(${error.message}); use the key below.` }));
+    });
     return h("form", { class: "stacked", id: "totp-form", onsubmit: async (e) => {
       e.preventDefault();
       submit.disabled = true;
@@ -161,13 +171,14 @@ export class AccountView {
       }
     } },
     h("ol", { class: "steps" },
-      h("li", {}, "In your authenticator app, add an account with this key (time-based):",
+      h("li", {}, "Scan this QR code with your authenticator app:", qr),
+      h("li", {}, "Or add an account in the app with this key (time-based):",
         h("code", { class: "secret", id: "totp-secret", text: groupSecret(secret) }),
         key?.issuer ? h("span", { class: "hint", text: ` Issuer: ${key.issuer}, account: ` +
           `${key.account}.` }) : null),
-      h("li", {}, "Or give it this address (what a QR code would contain):",
+      h("li", {}, "Or give it this address (what the QR code contains):",
         h("code", { class: "command", id: "totp-url", text: url })),
-      h("li", {}, "Enter the 6-digit code it shows.")),
+      h("li", {}, "Enter the 6-digit code the app shows.")),
     h("label", {}, "Code", code),
     h("label", {}, "Current password (needed when the server asks for it)", password),
     message,

@@ -81,6 +81,56 @@ export class DevicesView {
     dialog.showModal();
   }
 
+  // Rename a group and change its description (`editmesh`); every session sees the
+  // `meshchange` event.
+  _edit(mesh) {
+    const dialog = this.dialog;
+    const name = h("input", { id: "edit-group-name", name: "meshname", required: true,
+      maxlength: "128", autocomplete: "off", value: mesh.name ?? "" });
+    const desc = h("textarea", { id: "edit-group-desc", name: "desc", maxlength: "1024",
+      rows: "3" });
+    desc.value = mesh.desc ?? "";
+    const error = h("p", { class: "error", id: "edit-group-error", role: "alert" });
+    const submit = h("button", { type: "submit", class: "primary", id: "edit-group-save",
+      text: "Save" });
+    dialog.onclose = null;
+    clear(dialog).append(h("form", { class: "stacked", id: "edit-group", onsubmit: async (e) => {
+      e.preventDefault();
+      const meshname = name.value.trim();
+      if (!meshname) {
+        error.textContent = "Enter a name for the group";
+        return;
+      }
+      const fields = { meshid: mesh._id };
+      if (meshname !== mesh.name) fields.meshname = meshname;
+      if (desc.value !== (mesh.desc ?? "")) fields.desc = desc.value;
+      if (Object.keys(fields).length === 1) {
+        dialog.close();
+        return;
+      }
+      submit.disabled = true;
+      error.textContent = "";
+      try {
+        await this.client.call("editmesh", fields);
+        dialog.close();
+        this.toasts.show(`Device group "${meshname}" saved`, "ok");
+      } catch (err) {
+        error.textContent = `Could not save the group: ${err.message}`;
+      } finally {
+        submit.disabled = false;
+      }
+    } },
+    h("h2", { text: `Edit the group "${mesh.name}"` }),
+    h("label", {}, "Name", name),
+    h("label", {}, "Description", desc),
+    error,
+    h("div", { class: "buttons" },
+      h("button", { type: "button", text: "Cancel", id: "edit-group-cancel",
+        onclick: () => dialog.close() }), submit)));
+    dialog.showModal();
+    name.select();
+  }
+
   // Who may use a group, with which rights: list, add with a preset or chosen rights,
   // remove.  The list follows the group's `meshchange` events while the dialog is open.
   _members(meshid) {
@@ -268,6 +318,8 @@ export class DevicesView {
     const actions = h("div", { class: "group-actions" },
       h("button", { type: "button", class: "add-agent", text: "Add agent",
         "aria-label": `Add an agent to ${mesh.name}`, onclick: () => this._addAgent(mesh) }),
+      rights & 0x1 ? h("button", { type: "button", class: "edit-group", text: "Edit",
+        "aria-label": `Edit group ${mesh.name}`, onclick: () => this._edit(mesh) }) : null,
       rights & 0x2 ? h("button", { type: "button", class: "group-users", text: "Users",
         "aria-label": `Users of ${mesh.name}`, onclick: () => this._members(mesh._id) }) : null,
       rights !== FULL_ADMIN ? null : h("button", { type: "button",
