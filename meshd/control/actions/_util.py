@@ -106,3 +106,20 @@ def links_of(doc: Optional[Document]) -> dict[str, Any]:
     """The ``links`` of a record (empty when absent or malformed)."""
     links = doc.get("links") if doc is not None else None
     return links if isinstance(links, dict) else {}
+
+
+async def unlink_from_members(store: IStore, record: Optional[Document], target_id: str
+                              ) -> list[tuple[str, Document]]:
+    """Remove ``target_id`` from the ``links`` of every record that ``record`` links to
+    (its users, user groups, groups or devices); returns the changed ``(id, record)`` pairs
+    in link order, already stored."""
+    changed = []
+    for member_id in list(links_of(record)):
+        member = await store.get(member_id)
+        if member is None or not isinstance(member.get("links"), dict) \
+                or target_id not in member["links"]:
+            continue
+        del member["links"][target_id]
+        await store.set(member)
+        changed.append((member_id, member))
+    return changed

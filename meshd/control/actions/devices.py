@@ -26,9 +26,9 @@ from meshd.control.actions._util import (
     full_id,
     get_mesh,
     in_domain,
-    links_of,
     mesh_by_name,
     node_with_rights,
+    unlink_from_members,
     valid_int,
     valid_str,
     valid_str_list,
@@ -487,13 +487,7 @@ async def removedevices(call: Call) -> None:
         if node is None or not rights & MESHRIGHT_UNINSTALL:
             call.result("Denied")
             continue
-        for member_id in list(links_of(node)):
-            member = await call.store.get(member_id)
-            if member is None or not isinstance(member.get("links"), dict) \
-                    or node_id not in member["links"]:
-                continue
-            del member["links"][node_id]
-            await call.store.set(member)
+        for member_id, member in await unlink_from_members(call.store, node, node_id):
             if member_id.startswith("user/"):
                 call.hub.resubscribe(member_id)
                 call.publish(["*", "server-users", member_id], {

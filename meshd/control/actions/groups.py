@@ -23,6 +23,7 @@ from meshd.control.actions._util import (
     links_of,
     mesh_by_name,
     short_id,
+    unlink_from_members,
     valid_int,
     valid_str,
     valid_str_list,
@@ -138,13 +139,7 @@ async def deletemesh(call: Call) -> None:
         "etype": "mesh", **call.actor(), "mtype": mesh.get("mtype"), "meshid": mesh_id,
         "name": name, "action": "deletemesh", "msgid": 77, "msgArgs": [name],
         "msg": f"Device group deleted: {name}"})
-    for member_id in list(links_of(mesh)):
-        member = await call.store.get(member_id)
-        if member is None or not isinstance(member.get("links"), dict) \
-                or mesh_id not in member["links"]:
-            continue
-        del member["links"][mesh_id]
-        await call.store.set(member)
+    for member_id, member in await unlink_from_members(call.store, mesh, mesh_id):
         if member_id.startswith("user/"):
             call.hub.resubscribe(member_id)
             if member_id == call.user_id:

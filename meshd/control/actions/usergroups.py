@@ -12,7 +12,13 @@ import random
 from typing import Any
 
 from meshd.agent.identity import encode_id
-from meshd.control.actions._util import DOMAIN, in_domain, links_of, valid_str, valid_str_list
+from meshd.control.actions._util import (
+    DOMAIN,
+    in_domain,
+    unlink_from_members,
+    valid_str,
+    valid_str_list,
+)
 from meshd.control.hub import mesh_targets, node_targets
 from meshd.control.rights import SITERIGHT_USERGROUPS, has_site_right
 from meshd.control.session import Call
@@ -83,13 +89,7 @@ async def deleteusergroup(call: Call) -> None:
     if group is None:
         return call.result("Unknown device group")  # sic, MeshCentral's text
     ugrp_id = group["_id"]
-    for key in list(links_of(group)):
-        linked = await call.store.get(key)
-        if linked is None or not isinstance(linked.get("links"), dict) \
-                or ugrp_id not in linked["links"]:
-            continue
-        del linked["links"][ugrp_id]
-        await call.store.set(linked)
+    for key, linked in await unlink_from_members(call.store, group, ugrp_id):
         if key.startswith("user/"):
             call.hub.resubscribe(key)
             call.publish(["*", "server-users", call.user_id, key], {
