@@ -23,10 +23,7 @@ import argparse
 import base64
 import json
 import os
-import socket
-import ssl
 import statistics
-import struct
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -35,88 +32,12 @@ from typing import Any, Callable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.wsclient import WebSocket  # noqa: E402
 
-class Client:
-    """A small blocking WebSocket client (RFC 6455), enough for JSON text frames."""
 
-    def __init__(self, port: int, headers: dict[str, str]) -> None:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        raw = socket.create_connection(("127.0.0.1", port), timeout=120)
-        self.sock = context.wrap_socket(raw)
-        key = base64.b64encode(os.urandom(16)).decode()
-        lines = ["GET /control.ashx HTTP/1.1", f"Host: 127.0.0.1:{port}",
-                 "Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
-                 "Sec-WebSocket-Version: 13"] + [f"{k}: {v}" for k, v in headers.items()]
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        self.buffer = bytearray()
-        while b"\r\n\r\n" not in self.buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("no upgrade answer")
-            self.buffer += chunk
-        head, _, rest = bytes(self.buffer).partition(b"\r\n\r\n")
-        if b" 101 " not in head.split(b"\r\n", 1)[0]:
-            raise ConnectionError(head.split(b"\r\n", 1)[0].decode())
-        self.buffer = bytearray(rest)
-
-    def close(self) -> None:
-        try:
-            self.sock.sendall(b"\x88\x80" + os.urandom(4))
-        except OSError:
-            pass
-        self.sock.close()
-
-    def send(self, message: dict[str, Any]) -> None:
-        payload = json.dumps(message).encode()
-        mask = os.urandom(4)
-        length = len(payload)
-        if length < 126:
-            header = struct.pack("!BB", 0x81, 0x80 | length)
-        else:
-            header = struct.pack("!BBH", 0x81, 0x80 | 126, length)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
-
-    def _read(self, count: int) -> bytes:
-        while len(self.buffer) < count:
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise ConnectionError("closed")
-            self.buffer += chunk
-        data = bytes(self.buffer[:count])
-        del self.buffer[:count]
-        return data
-
-    def frame(self) -> bytes:
-        """The next text frame's payload (fragments joined, pings skipped)."""
-        parts: list[bytes] = []
-        while True:
-            first, second = self._read(2)
-            length = second & 0x7F
-            if length == 126:
-                length = struct.unpack("!H", self._read(2))[0]
-            elif length == 127:
-                length = struct.unpack("!Q", self._read(8))[0]
-            payload = self._read(length)
-            opcode = first & 0x0F
-            if opcode == 8:
-                raise ConnectionError(f"closed by server: {payload!r}")
-            if opcode in (1, 2, 0):
-                parts.append(payload)
-                if first & 0x80:
-                    return b"".join(parts)
-
-    def until(self, action: bytes) -> bytes:
-        """Frames until one whose action is ``action`` (checked on its first bytes)."""
-        marker = b'"action":"' + action + b'"'
-        while True:
-            payload = self.frame()
-            if marker in payload[:200]:
-                return payload
-            if b'"action":"close"' in payload[:100]:
-                raise ConnectionError(payload.decode())
+def Client(port: int, headers: dict[str, str]) -> WebSocket:
+    """A control.ashx connection."""
+    return WebSocket(port, "/control.ashx", headers)
 
 
 def meshauth(user: str, password: str) -> dict[str, str]:
@@ -129,7 +50,7 @@ def login_and_nodes(port: int, user: str, password: str) -> tuple[float, int]:
     began = time.perf_counter()
     client = Client(port, meshauth(user, password))
     client.until(b"userinfo")
-    client.send({"action": "nodes", "responseid": "bench"})
+    client.send_json({"action": "nodes", "responseid": "bench"})
     answer = client.until(b"nodes")
     elapsed = time.perf_counter() - began
     client.close()
@@ -157,12 +78,12 @@ def fill(port: int, user: str, password: str, mesh_id: str, devices: int) -> Non
         window = min(100, devices - added)
         for i in range(window):
             n = added + i
-            client.send({"action": "addlocaldevice", "meshid": mesh_id,
+            client.send_json({"action": "addlocaldevice", "meshid": mesh_id,
                          "devicename": f"bench-{n:05d}", "hostname": f"10.{n >> 16 & 255}."
                          f"{n >> 8 & 255}.{n & 255}", "type": 4, "responseid": f"a{n}"})
         got = 0
         while got < window:
-            payload = client.frame()
+            payload = client.text()
             if b'"responseid":"a' in payload:
                 if b'"result":"ok"' not in payload:
                     raise RuntimeError(f"addlocaldevice answered {payload[:200]!r}")
@@ -174,11 +95,11 @@ def fill(port: int, user: str, password: str, mesh_id: str, devices: int) -> Non
 def create_group(port: int, user: str, password: str) -> str:
     client = Client(port, meshauth(user, password))
     client.until(b"userinfo")
-    client.send({"action": "createmesh", "meshname": "bench", "meshtype": 3,
+    client.send_json({"action": "createmesh", "meshname": "bench", "meshtype": 3,
                  "desc": "", "responseid": "g"})
     # Both servers announce the new group in a createmesh event (before the reply).
     while True:
-        event = json.loads(client.frame()).get("event") or {}
+        event = json.loads(client.text()).get("event") or {}
         if event.get("action") == "createmesh" and event.get("meshid"):
             client.close()
             mesh_id: str = event["meshid"]
