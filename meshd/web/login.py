@@ -166,6 +166,13 @@ def _too_large(request: Request) -> bool:
     return size > MAX_FORM
 
 
+def _to_home(request: Request) -> bytes:
+    """303 to the landing page (after a form post, so a reload does not post again)."""
+    request.setResponseCode(303)
+    request.setHeader(b"Location", b"/")
+    return b""
+
+
 def _set_session_cookie(request: Request, token: str) -> None:
     request.addCookie(COOKIE_NAME, token.encode("ascii"), path=b"/", secure=True,
                       httpOnly=True, sameSite="lax")
@@ -315,9 +322,7 @@ class LoginResource(_AuthPage):
         _log.info("{user_id} logged in from {ip}", user_id=user["_id"], ip=ip)
         await auth.user_event(user["_id"], user.get("name", ""), user.get("domain", ""), "login",
                               f"Account login from {ip}")
-        request.setResponseCode(303)
-        request.setHeader(b"Location", b"/")
-        return b""
+        return _to_home(request)
 
 
 class LogoutResource(_AuthPage):
@@ -334,9 +339,7 @@ class LogoutResource(_AuthPage):
             _log.info("{user_id} logged out", user_id=record["userid"])
             await auth.user_event(record["userid"], record["userid"].split("/", 2)[-1],
                                   record.get("domain", ""), "logout", "Account logout", msgid=2)
-        request.setResponseCode(303)
-        request.setHeader(b"Location", b"/")
-        return b""
+        return _to_home(request)
 
 
 class CreateAccountResource(_AuthPage):
@@ -390,6 +393,4 @@ class CreateAccountResource(_AuthPage):
         await auth.user_event(user["_id"], user["name"], user.get("domain", ""), "accountcreate",
                               f"Account created, username is {user['name']}", msgid=64,
                               targets=("*", "server-users"))
-        request.setResponseCode(303)
-        request.setHeader(b"Location", b"/")
-        return b""
+        return _to_home(request)
