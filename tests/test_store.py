@@ -114,7 +114,7 @@ class StoreContractMixin(_TestCaseBase):
         """A MeshCentral user record comes back equal, mesh-id link keys intact."""
         doc = user("Admin", siteadmin=0xFFFFFFFF, salt="s", hash="h", quota=None,
                    otpkeys={"keys": [{"p": 1, "k": "abc", "u": True}]}, ratio=0.5,
-                   big=2**62, neg=-(2**63), text="zürich ✓")
+                   big=2**62, top=2**63 - 1, neg=-(2**63), text="zürich ✓")
         await self.store.set(doc)
         self.assertEqual(await self.store.get("user//admin"), doc)
 

@@ -284,7 +284,7 @@ class SQLiteStore(ThreadedStore):
 
     def _thd_get(self, doc_id: str) -> Document | None:
         row = self._db.execute("SELECT doc FROM documents WHERE id = ?", (doc_id,)).fetchone()
-        return None if row is None else _docs.from_json(row[0])
+        return None if row is None else _docs.from_stored_json(row[0])
 
     def _thd_get_many(self, doc_ids: list[str]) -> list[Document]:
         rows = self._db.execute(
@@ -292,7 +292,7 @@ class SQLiteStore(ThreadedStore):
             (_docs.to_json(doc_ids),),
         ).fetchall()
         found = {row[0]: row[1] for row in rows}
-        return [_docs.from_json(found[doc_id]) for doc_id in doc_ids if doc_id in found]
+        return [_docs.from_stored_json(found[doc_id]) for doc_id in doc_ids if doc_id in found]
 
     def _thd_set_many(self, docs: list[Document]) -> None:
         rows = [(doc["_id"], _docs.to_json(doc)) for doc in docs]
@@ -329,7 +329,7 @@ class SQLiteStore(ThreadedStore):
             sql.append(f"AND {field} IN (SELECT value FROM json_each(?))")
             params.append(_docs.to_json(values or []))
         rows = self._db.execute(" ".join(sql), params).fetchall()
-        return [_docs.from_json(row[0]) for row in rows]
+        return [_docs.from_stored_json(row[0]) for row in rows]
 
     def _thd_count(self, doc_type: str, domain: str | None) -> int:
         if domain is None:
@@ -343,7 +343,7 @@ class SQLiteStore(ThreadedStore):
     def _thd_increment(self, doc_id: str, field: str, by: int) -> int:
         with self._write() as conn:
             row = conn.execute("SELECT doc FROM documents WHERE id = ?", (doc_id,)).fetchone()
-            doc: Document = {"_id": doc_id} if row is None else _docs.from_json(row[0])
+            doc: Document = {"_id": doc_id} if row is None else _docs.from_stored_json(row[0])
             current = doc.get(field, 0)
             if isinstance(current, bool) or not isinstance(current, int):
                 raise ValueError(f"field {field!r} of {doc_id!r} is not an integer")
@@ -406,7 +406,7 @@ class SQLiteStore(ThreadedStore):
             sql.append("LIMIT ?")
             params.append(limit)
         rows = self._db.execute(" ".join(sql), params).fetchall()
-        return [_docs.from_json(row[0]) for row in rows]
+        return [_docs.from_stored_json(row[0]) for row in rows]
 
     def _latest_events(
         self, ids: list[str], domain: str, limit: int, user_id: str | None
@@ -434,7 +434,7 @@ class SQLiteStore(ThreadedStore):
                 "ORDER BY time DESC, seq DESC",
                 (_docs.to_json([seq for _, seq in newest]),),
             ).fetchall()
-        return [_docs.from_json(row[0]) for row in rows]
+        return [_docs.from_stored_json(row[0]) for row in rows]
 
     def _delete_events(self, conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> int:
         seqs = _docs.to_json([row[0] for row in conn.execute(
@@ -469,7 +469,7 @@ class SQLiteStore(ThreadedStore):
             "SELECT doc FROM power WHERE nodeid IN (?, '*') AND time >= ? ORDER BY time, seq",
             (node_id, start),
         ).fetchall()
-        return [_docs.from_json(row[0]) for row in rows]
+        return [_docs.from_stored_json(row[0]) for row in rows]
 
     def _thd_remove_node_power_events(self, node_id: str) -> int:
         with self._write() as conn:
@@ -489,15 +489,15 @@ class SQLiteStore(ThreadedStore):
         with self._read() as conn:
             return {
                 MAIN_COLLECTION: [
-                    _docs.from_json(row[0])
+                    _docs.from_stored_json(row[0])
                     for row in conn.execute("SELECT doc FROM documents ORDER BY id")
                 ],
                 EVENTS_COLLECTION: [
-                    _docs.from_json(row[0])
+                    _docs.from_stored_json(row[0])
                     for row in conn.execute("SELECT doc FROM events ORDER BY time, seq")
                 ],
                 POWER_COLLECTION: [
-                    _docs.from_json(row[0])
+                    _docs.from_stored_json(row[0])
                     for row in conn.execute("SELECT doc FROM power ORDER BY time, seq")
                 ],
             }
