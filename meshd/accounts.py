@@ -83,10 +83,13 @@ class Accounts:
     _log = Logger()
 
     def __init__(self, store: IStore, *, now: Callable[[], float],
-                 run_blocking: RunBlocking) -> None:
+                 run_blocking: RunBlocking,
+                 recent_checks: Optional[passwords.RecentChecks] = None) -> None:
         self._store = store
         self._now = now
         self._run_blocking = run_blocking
+        #: Successful password checks remembered for a while (settings.passwordCacheSeconds).
+        self.recent_checks = recent_checks
 
     async def count(self, domain: str = "") -> int:
         return int(await self._store.count_by_type("user", domain))
@@ -174,8 +177,16 @@ class Accounts:
         passtype = user.get("passtype")
         if not isinstance(salt, str) or not isinstance(stored, str):
             return None
+        recent = self.recent_checks
         if passtype is None:
-            ok = await self._run_blocking(passwords.verify_password, password, salt, stored)
+            if recent is not None and recent.matches(user["_id"], password, salt, stored,
+                                                     self._now()):
+                ok = True
+            else:
+                ok = await self._run_blocking(passwords.verify_password, password, salt,
+                                              stored)
+                if ok and recent is not None:
+                    recent.remember(user["_id"], password, salt, stored, self._now())
         else:
             ok = await self._run_blocking(passwords.verify_legacy_password, password, salt,
                                           stored, passtype)

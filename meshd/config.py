@@ -183,6 +183,12 @@ class Settings:
                                       None, check=_positive)
     session_time: int = _key("sessionTime", "Minutes a web session stays valid when idle.", 60,
                              check=_positive)
+    password_cache_seconds: int = _key(
+        "passwordCacheSeconds",
+        "Seconds a successful password check is remembered (as a keyed hash held only in "
+        "memory), so tools that log in for every command, such as meshctrl, skip the "
+        "deliberately slow PBKDF2; failed checks are never remembered; 0 disables.", 300,
+        check=_positive)
     session_key: Optional[str] = _key("sessionKey",
                                       "Secret for session cookies (default: generated and kept "
                                       "in the data folder).", None)

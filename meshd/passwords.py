@@ -27,6 +27,7 @@ import binascii
 import hashlib
 import hmac
 import os
+from collections import OrderedDict
 
 ITERATIONS = 12000
 KEY_LENGTH = 128
@@ -88,3 +89,56 @@ def verify_legacy_password(password: str, salt: str, stored: str, passtype: int)
     else:
         return False
     return hmac.compare_digest(expected, _utf8(stored))
+
+
+class RecentChecks:
+    """Remembers for a while that a password matched a stored salt and hash.
+
+    PBKDF2 costs about 20 ms of CPU on purpose; a tool that logs in for every command
+    (meshctrl does) would pay it each time.  After a successful check, this keeps a
+    keyed hash of (salt, stored hash, password) per account, under a random key that
+    exists only in this process's memory; a later login with the same password is then
+    checked with one HMAC.  Only successes are kept, so guessing still costs a full
+    PBKDF2 per try; a changed password (new salt and hash) no longer matches; an entry
+    lives ``seconds`` at most, and at most ``limit`` accounts are kept (the least
+    recently used go first).  ``seconds`` 0 keeps nothing.
+    """
+
+    def __init__(self, seconds: float, limit: int = 10000, key: bytes | None = None) -> None:
+        self.seconds = seconds
+        self.limit = limit
+        self._key = key if key is not None else os.urandom(32)
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+
+    def _digest(self, password: str, salt: str, stored_hash: str) -> bytes:
+        message = b"\0".join((_utf8(salt), _utf8(stored_hash), _utf8(password)))
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    def matches(self, owner: str, password: str, salt: str, stored_hash: str,
+                now: float) -> bool:
+        """Whether ``password`` was found right for this salt and hash less than
+        ``seconds`` ago."""
+        entry = self._entries.get(owner)
+        if entry is None:
+            return False
+        digest, expires = entry
+        if now >= expires:
+            del self._entries[owner]
+            return False
+        if not hmac.compare_digest(digest, self._digest(password, salt, stored_hash)):
+            return False
+        self._entries.move_to_end(owner)
+        return True
+
+    def remember(self, owner: str, password: str, salt: str, stored_hash: str,
+                 now: float) -> None:
+        """Keep a success of a full check."""
+        if self.seconds <= 0:
+            return
+        self._entries[owner] = (self._digest(password, salt, stored_hash), now + self.seconds)
+        self._entries.move_to_end(owner)
+        while len(self._entries) > self.limit:
+            self._entries.popitem(last=False)
+
+    def forget(self, owner: str) -> None:
+        self._entries.pop(owner, None)

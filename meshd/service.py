@@ -54,6 +54,7 @@ from meshd.relay.recorder import recorders_from_config
 from meshd.config import Config
 from meshd.mps.protocol import MpsServerFactory
 from meshd.mps.webrelay import webrelay_resource
+from meshd.passwords import RecentChecks
 from meshd.ratelimit import FailureLimiter
 from meshd.store import IStore, SchemaError, StoreUnavailable, open_store
 from meshd.store.expire import ExpireService
@@ -382,8 +383,10 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
     bus = LocalEventBus()
     limits = settings.max_invalid_login
     domain = config.default_domain
+    accounts = Accounts(store, now=now, run_blocking=workers.run,
+                        recent_checks=RecentChecks(settings.password_cache_seconds))
     auth = WebAuth(
-        store=store, accounts=Accounts(store, now=now, run_blocking=workers.run),
+        store=store, accounts=accounts,
         sessions=sessions,
         limiter=FailureLimiter(limits.count, limits.time * 60, limits.cool_off_time * 60),
         now=now, title=domain.title,

@@ -134,6 +134,53 @@ class AccountTests(TestCase):
         self.assertEqual(await self.accounts.count(), 0)
 
 
+class RecentCheckTests(TestCase):
+    """Accounts with remembered password checks (settings.passwordCacheSeconds)."""
+
+    def setUp(self) -> None:
+        self.store = MemoryStore()
+        self.store.open()
+        self.time = FakeTime()
+        self.hashed = 0
+
+        def counting(f: Any, *args: Any) -> defer.Deferred[Any]:
+            if f in (passwords.verify_password, passwords.hash_password):
+                self.hashed += 1
+            return defer.maybeDeferred(f, *args)
+
+        self.accounts = Accounts(self.store, now=self.time, run_blocking=counting,
+                                 recent_checks=passwords.RecentChecks(300))
+
+    async def test_second_login_skips_pbkdf2(self) -> None:
+        """A repeated good login is checked without PBKDF2; a wrong password still pays
+        it and fails; after the time is up, PBKDF2 runs again."""
+        await self.accounts.create("root", "rootpassword")
+        self.hashed = 0
+        self.assertIsNotNone(await self.accounts.authenticate("root", "rootpassword"))
+        self.assertEqual(self.hashed, 1)
+        self.assertIsNotNone(await self.accounts.authenticate("root", "rootpassword"))
+        self.assertEqual(self.hashed, 1)
+        self.assertIsNone(await self.accounts.authenticate("root", "wrongpassword"))
+        self.assertEqual(self.hashed, 2)
+        self.time.t += 301
+        self.assertIsNotNone(await self.accounts.authenticate("root", "rootpassword"))
+        self.assertEqual(self.hashed, 3)
+
+    async def test_password_change_and_lock_apply_at_once(self) -> None:
+        """A remembered check does not outlive a password change or a lock."""
+        await self.accounts.create("root", "rootpassword")
+        await self.accounts.create("bob", "bobpassword")
+        self.assertIsNotNone(await self.accounts.authenticate("bob", "bobpassword"))
+        await self.accounts.reset_password("bob", "newpassword")
+        self.assertIsNone(await self.accounts.authenticate("bob", "bobpassword"))
+        self.assertIsNotNone(await self.accounts.authenticate("bob", "newpassword"))
+        record = await self.store.get("user//bob")
+        assert record is not None
+        record["siteadmin"] = 0x20
+        await self.store.set(record)
+        self.assertIsNone(await self.accounts.authenticate("bob", "newpassword"))
+
+
 class NameTests(SynchronousTestCase):
     def test_names(self) -> None:
         """Names with spaces, quotes, commas, slashes or a leading ~ are refused."""

@@ -8,6 +8,7 @@ import hashlib
 from twisted.trial import unittest
 
 from meshd.passwords import (
+    RecentChecks,
     hash_password,
     new_salt,
     verify_legacy_password,
@@ -94,3 +95,52 @@ class LegacyPasswordTests(unittest.TestCase):
     def test_unknown_passtype(self) -> None:
         """Any other passtype never verifies."""
         self.assertFalse(verify_legacy_password("plain", "", "plain", 7))
+
+
+class RecentChecksTests(unittest.TestCase):
+    """Successful checks remembered as keyed hashes, for a while, per account."""
+
+    def test_remembers_only_the_same_password_salt_and_hash(self) -> None:
+        """A remembered success matches the same password, salt and hash only."""
+        checks = RecentChecks(300)
+        checks.remember("user//a", "right password", "salt", "hash", 1000.0)
+        self.assertTrue(checks.matches("user//a", "right password", "salt", "hash", 1001.0))
+        self.assertFalse(checks.matches("user//a", "wrong password", "salt", "hash", 1001.0))
+        self.assertFalse(checks.matches("user//a", "right password", "salt2", "hash2", 1001.0),
+                         "a changed password (new salt and hash) must not match")
+        self.assertFalse(checks.matches("user//b", "right password", "salt", "hash", 1001.0))
+
+    def test_expires(self) -> None:
+        """An entry is gone after ``seconds``."""
+        checks = RecentChecks(60)
+        checks.remember("user//a", "pw", "salt", "hash", 1000.0)
+        self.assertTrue(checks.matches("user//a", "pw", "salt", "hash", 1059.0))
+        self.assertFalse(checks.matches("user//a", "pw", "salt", "hash", 1060.0))
+        self.assertFalse(checks.matches("user//a", "pw", "salt", "hash", 1001.0),
+                         "an expired entry is dropped, not revived")
+
+    def test_zero_keeps_nothing(self) -> None:
+        checks = RecentChecks(0)
+        checks.remember("user//a", "pw", "salt", "hash", 1000.0)
+        self.assertFalse(checks.matches("user//a", "pw", "salt", "hash", 1000.0))
+
+    def test_bounded_least_recently_used_first(self) -> None:
+        """At most ``limit`` accounts; the least recently used is dropped first."""
+        checks = RecentChecks(300, limit=2)
+        checks.remember("user//a", "pw", "s", "h", 1.0)
+        checks.remember("user//b", "pw", "s", "h", 1.0)
+        self.assertTrue(checks.matches("user//a", "pw", "s", "h", 2.0))
+        checks.remember("user//c", "pw", "s", "h", 3.0)
+        self.assertTrue(checks.matches("user//a", "pw", "s", "h", 4.0))
+        self.assertFalse(checks.matches("user//b", "pw", "s", "h", 4.0))
+        self.assertTrue(checks.matches("user//c", "pw", "s", "h", 4.0))
+
+    def test_password_not_kept_in_clear(self) -> None:
+        """What is kept is a keyed hash: neither the password nor an unkeyed hash of it."""
+        checks = RecentChecks(300, key=b"k" * 32)
+        checks.remember("user//a", "s3cret-password", "salt", "hash", 1.0)
+        kept = repr(checks.__dict__).encode()
+        self.assertNotIn(b"s3cret-password", kept)
+        other = RecentChecks(300, key=b"x" * 32)
+        other.remember("user//a", "s3cret-password", "salt", "hash", 1.0)
+        self.assertNotEqual(checks._entries["user//a"][0], other._entries["user//a"][0])

@@ -217,8 +217,13 @@ class Authenticator:
         salt, stored = record.get("salt"), record.get("hash")
         if not isinstance(salt, str) or not isinstance(stored, str):
             return None
-        if not await self._run_blocking(passwords.verify_password, password, salt, stored):
-            return None
+        recent = self._accounts.recent_checks
+        now = self._now()
+        if recent is None or not recent.matches(record["_id"], password, salt, stored, now):
+            if not await self._run_blocking(passwords.verify_password, password, salt, stored):
+                return None
+            if recent is not None:
+                recent.remember(record["_id"], password, salt, stored, now)
         user = await self._store.get(record.get("userid", ""))
         if user is None or is_locked(user):
             return None
