@@ -196,6 +196,11 @@ class Accounts:
                 del user["passtype"]
         if not ok or is_locked(user):
             return None
+        # As MeshCentral: ``pastlogin`` is the login before this one (failed attempts since
+        # then are told to the user).
+        previous = user.get("login")
+        if isinstance(previous, int) and previous > 0:
+            user["pastlogin"] = previous
         user["login"] = user["access"] = int(self._now())
         await self._store.set(user)
         return user

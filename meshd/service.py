@@ -440,7 +440,8 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
                       web_hash=lambda: root.web_certificate_hash, store=store, bus=bus,
                       presence=presence, agents=agents, accounts=auth.accounts,
                       web_sessions=sessions, limiter=auth.limiter, run_blocking=workers.run,
-                      clock=reactor)
+                      clock=reactor, server_warnings=[f"Configuration: {warning}"
+                                                      for warning in config.warnings])
     # One relay table for every domain's /[domain/]meshrelay.ashx; it logs users in as
     # the control channel does.
     relay = relay_resource(RelayServer.from_hub(hub, recorder_for=recorders_from_config(

@@ -25,7 +25,7 @@ from meshd.control.hub import ControlHub
 from meshd.control.rights import MESHRIGHT_ADMIN, SITERIGHT_ADMIN
 from meshd.control.session import MAX_PENDING, ControlSession
 from meshd.events import LocalEventBus
-from meshd.presence import CONN_AGENT, Connection, LocalPresence
+from meshd.presence import CONN_AGENT, CONN_CIRA, Connection, LocalPresence
 from meshd.ratelimit import FailureLimiter
 from meshd.store.memory import MemoryStore
 
@@ -49,13 +49,13 @@ class FakeAgents:
 class Client:
     """One user session; ``frames`` holds everything the server sent, decoded."""
 
-    def __init__(self, world: "World", user_id: str) -> None:
+    def __init__(self, world: "World", user_id: str, failed_logins: int = 0) -> None:
         self.world = world
         self.frames: list[dict[str, Any]] = []
         self.closed = False
         user = world.store._documents[user_id]
         self.session = ControlSession(world.hub, dict(user), self._send, self._close,
-                                      peer="127.0.0.1")
+                                      peer="127.0.0.1", failed_logins=failed_logins)
         self.session.start()
 
     def _send(self, text: str) -> None:
@@ -200,6 +200,39 @@ class FirstFramesTests(Base):
         self.assertEqual(info["otpsecret"], 1)
         for secret in ("hash", "salt", "type", "domain"):
             self.assertNotIn(secret, info)
+
+    def test_server_warnings_for_full_admins(self) -> None:
+        """Full admins get serverwarnings after traceinfo, at login and as they come;
+        other users never see them."""
+        uid = self.world.add_user("bob", password="secret password")
+        bob = self.world.connect(uid)
+        self.world.hub.add_warning("Configuration: settings.foo: not supported; ignored")
+        [pushed] = [f for f in self.admin.frames if f["action"] == "serverwarnings"]
+        self.assertEqual(pushed["warnings"], [{"msg": "Configuration: settings.foo: not "
+                                               "supported; ignored", "id": 0, "args": []}])
+        self.world.hub.add_warning("Configuration: settings.foo: not supported; ignored")
+        self.assertEqual(len([f for f in self.admin.frames
+                              if f["action"] == "serverwarnings"]), 1, "no duplicates")
+        later = self.world.connect(self.admin_id)
+        self.assertEqual([f["action"] for f in later.frames],
+                         ["serverinfo", "userinfo", "traceinfo", "serverwarnings"])
+        self.assertEqual(later.frames[3]["warnings"], pushed["warnings"])
+        self.assertNotIn("serverwarnings", [f["action"] for f in bob.frames])
+        self.assertNotIn("serverwarnings",
+                         [f["action"] for f in self.world.connect(uid).frames])
+
+    def test_failed_logins_notice(self) -> None:
+        """Failed logins since the previous login are told as MeshCentral's notify."""
+        uid = self.world.add_user("bob", password="secret password")
+        bob = Client(self.world, uid, failed_logins=4)
+        self.assertEqual([f["action"] for f in bob.frames], ["serverinfo", "userinfo", "msg"])
+        notice = bob.frames[2]
+        self.assertEqual({k: v for k, v in notice.items() if k != "id"}, {
+            "action": "msg", "type": "notify", "title": "Security Warning",
+            "tag": "ServerNotify", "value": "There has been 4 failed login attempts on this "
+            "account since the last login.", "titleid": 3, "msgid": 12, "args": [4]})
+        self.assertIsInstance(notice["id"], float)
+        self.assertNotIn("msg", [f["action"] for f in self.world.connect(uid).frames])
 
     def test_session_count_event_goes_to_others(self) -> None:
         """A new session is announced to admins, not to itself."""
@@ -551,16 +584,36 @@ class GroupActionTests(Base):
         mesh = self.world.add_mesh("grpA", self.admin_id)
         self.world.link(bob_id, mesh, 8)
         node = self.world.add_node(mesh, "n1")
+        other = self.world.add_node(self.world.add_mesh("grpB", self.admin_id), "n2")
+        closed: list[str] = []
+
+        class Held:
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def close(self) -> None:
+                closed.append(self.name)
+
+            def evict(self, reason: str) -> None:
+                closed.append(f"{self.name}: {reason}")
+
+        self.world.presence.add(Connection(node, CONN_AGENT, "local", NOW, handle=Held("agent")))
+        self.world.presence.add(Connection(node, CONN_CIRA, "local", NOW, handle=Held("cira")))
+        self.world.presence.add(Connection(other, CONN_AGENT, "local", NOW,
+                                           handle=Held("other")))
         bob = self.world.connect(bob_id)
         frames = self.admin.request("deletemesh", meshname="grpA")
         self.assertEqual(frames[-1]["result"], "ok")
+        self.assertEqual(sorted(closed), ["agent", "cira: device group deleted"],
+                         "the group's devices are disconnected, no others")
         [deleted] = [e for e in self.admin.events(frames) if e["action"] == "deletemesh"]
         self.assertEqual(deleted["msg"], "Device group deleted: grpA")
         self.assertIn("deletemesh", [e["action"] for e in bob.events()])
         self.assertIn("deleted", self.world.doc(mesh))
         self.assertIsNone(self.world.doc(node))
         self.assertNotIn(mesh, self.world.doc(bob_id).get("links", {}))
-        self.assertEqual(self.admin.request("meshes")[0]["meshes"], [])
+        self.assertEqual([m["name"] for m in self.admin.request("meshes")[0]["meshes"]],
+                         ["grpB"])
         self.assertEqual(self.admin.result("deletemesh", meshid=mesh), "Unknown device group")
 
     def test_addmeshuser_and_removemeshuser(self) -> None:
@@ -894,6 +947,33 @@ class EventTests(Base):
         self.admin.request("adduser", username="pete", **{"pass": "P3te!pass#1"})
         reply = self.admin.reply("events", userid="user//pete")
         self.assertEqual([e["action"] for e in reply["events"]], ["accountcreate"])
+
+    def test_previous_logins(self) -> None:
+        """previousLogins lists the caller's logins and failed logins (newest first); a
+        user manager may ask for another user's; others get no answer."""
+        from datetime import datetime, timezone
+        bob_id = self.world.add_user("bob")
+        for offset, action, msgid, user in ((30, "login", 107, self.admin_id),
+                                            (20, "authfail", 110, self.admin_id),
+                                            (10, "login", 107, bob_id)):
+            self.world.store.store_event({
+                "ids": [user, "*"], "domain": "", "etype": "user", "action": action,
+                "userid": user, "msgid": msgid, "msgArgs": ["10.0.0.1", "Chrome/1", "Linux"],
+                "time": datetime.fromtimestamp(NOW - offset, timezone.utc)})
+        self.world.store.store_event({
+            "ids": [self.admin_id, "*"], "domain": "", "action": "login", "userid":
+            self.admin_id, "time": datetime.fromtimestamp(NOW - 5, timezone.utc)})
+        mine = self.admin.reply("previousLogins")
+        self.assertEqual(mine, {"action": "previousLogins", "events": [
+            {"t": "2027-01-15T07:59:40.000Z", "m": 110, "a": ["10.0.0.1", "Chrome/1", "Linux"]},
+            {"t": "2027-01-15T07:59:30.000Z", "m": 107, "a": ["10.0.0.1", "Chrome/1", "Linux"]},
+        ]})
+        theirs = self.admin.reply("previousLogins", userid=bob_id)
+        self.assertEqual((theirs["userid"], [e["m"] for e in theirs["events"]]),
+                         (bob_id, [107]))
+        bob = self.world.connect(bob_id)
+        self.assertEqual(bob.request("previousLogins", userid=self.admin_id), [])
+        self.assertEqual([e["m"] for e in bob.reply("previousLogins")["events"]], [107])
 
     def test_limited_events(self) -> None:
         """With LIMITEVENTS on a group a user only hears its own doings there."""
@@ -1249,13 +1329,19 @@ class AuthTests(TestCase):
         self.assertEqual(self.upgrade({}, {"auth": [cookie]}).close["msg"], "noauth")
 
     def test_session_cookie(self) -> None:
-        """The xid web session cookie logs in."""
-        class Sessions:
-            async def lookup(self, token: Optional[str]) -> Optional[dict[str, Any]]:
-                return {"userid": "user//admin"} if token == "good" else None
-
-        self.auth._web_sessions = Sessions()
-        self.assertIsNotNone(self.upgrade({"cookie": "a=b; xid=good"}).user)
+        """The xid web session cookie logs in; failed logins counted at the form login
+        are handed to the first control channel of that session only."""
+        from meshd.web.session import Sessions
+        sessions = Sessions(self.world.store, now=self.world.clock.seconds,
+                            idle_seconds=3600)
+        self.auth._web_sessions = sessions
+        admin = self.successResultOf(self.world.store.get("user//admin"))
+        good = self.successResultOf(defer.Deferred.fromCoroutine(
+            sessions.create(admin, "127.0.0.1", failedlogins=3)))
+        first = self.upgrade({"cookie": f"a=b; xid={good}"})
+        self.assertEqual((first.user["_id"], first.failed_logins), ("user//admin", 3))
+        again = self.upgrade({"cookie": f"xid={good}"})
+        self.assertEqual((again.user["_id"], again.failed_logins), ("user//admin", 0))
         self.assertIsNone(self.upgrade({"cookie": "xid=bad"}).user)
 
     def test_cookie_codec(self) -> None:

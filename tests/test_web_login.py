@@ -62,6 +62,66 @@ class LoginPageTests(TestCase):
         response = await self.post("/login", username="alice", password="alice password")
         self.assertEqual(response.code, 303)
 
+    async def events(self, action: str) -> list[dict[str, Any]]:
+        found = await self.store.get_events(["*"], "", action=action)
+        return list(reversed(found))
+
+    async def test_login_events(self) -> None:
+        """Logins are recorded as MeshCentral records them: 107 with the address,
+        browser and OS; authfail 110 (wrong password or unknown account), 109 (locked
+        account), 108 (wrong second factor); the failures since the previous login are
+        kept in the new web session, to be told once."""
+        chrome = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                  "Chrome/120.0.0.0 Safari/537.36")
+        await self.accounts.create("alice", "alice password")
+        response = await self.treq.post("https://h.example.com/login", data={
+            "username": "alice", "password": "alice password"}, allow_redirects=False,
+            headers={"User-Agent": chrome})
+        self.assertEqual(response.code, 303)
+        [login] = await self.events("login")
+        ip = login["ip"]
+        self.assertEqual((login["msgid"], login["msgArgs"], login["userAgent"]),
+                         (107, [ip, "Chrome/120.0.0.0", "Linux"], chrome))
+        self.assertEqual(login["msg"], f"Account login from {ip}, Chrome/120.0.0.0, Linux")
+        self.assertNotIn("twoFactorType", login)
+
+        self.clock.advance(10)
+        await self.post("/login", username="alice", password="wrong password")
+        await self.post("/login", username="nobody", password="wrong password")
+        self.clock.advance(601)
+        locked = await self.accounts.create("locked", "locked password")
+        record = await self.store.get(locked["_id"])
+        record["siteadmin"] = 0x20
+        await self.store.set(record)
+        await self.post("/login", username="locked", password="locked password")
+        fails = await self.events("authfail")
+        self.assertEqual([(e["userid"], e["msgid"]) for e in fails], [
+            ("user//alice", 110), ("user//nobody", 110), ("user//locked", 109)])
+        self.assertEqual(fails[0]["msgArgs"], [ip, "Unknown", "Unknown"])
+        for event in fails:
+            self.assertNotIn("wrong password", repr(event))
+
+        self.clock.advance(601)
+        response = await self.post("/login", username="alice", password="alice password")
+        self.assertEqual(response.code, 303)
+        user = await self.store.get("user//alice")
+        self.assertEqual(user["pastlogin"], 1_700_000_000)
+        session = await Sessions(self.store, now=self.clock.seconds, idle_seconds=600
+                                 ).lookup(response.cookies()["xid"])
+        self.assertEqual((session["userid"], session["failedlogins"]), ("user//alice", 1))
+
+        self.clock.advance(601)
+        user["otpkeys"] = {"keys": [{"p": 12345678, "u": True}]}
+        await self.store.set(user)
+        await self.post("/login", username="alice", password="alice password",
+                        token="87654321")
+        self.assertEqual((await self.events("authfail"))[-1]["msgid"], 108)
+        self.clock.advance(601)
+        response = await self.post("/login", username="alice", password="alice password",
+                                   token="12345678")
+        self.assertEqual(response.code, 303)
+        self.assertEqual((await self.events("login"))[-1]["twoFactorType"], "backup")
+
     async def test_garbage_form(self) -> None:
         """Missing or non-UTF-8 fields are a failed login, not an error."""
         await self.accounts.create("alice", "alice password")

@@ -75,6 +75,9 @@ class AuthResult:
     login_token: Optional[str] = field(default=None)
     #: force2factor and no second factor yet: only enrolment actions are allowed.
     enrolment_only: bool = False
+    #: Failed logins on the account since its previous login, to tell the user (once,
+    #: on the first control channel of a new web session).
+    failed_logins: int = 0
 
 
 def parse_meshauth(value: str) -> Optional[tuple[str, str, Optional[str]]]:
@@ -142,8 +145,10 @@ class Authenticator:
             if record is not None:
                 user = await self._store.get(record.get("userid", ""))
                 if user is not None and not is_locked(user):
-                    return self._enrolment_gate(AuthResult(user=user, method="session"),
-                                                enrolment)
+                    failed = await self._web_sessions.take_failed_logins(record)
+                    return self._enrolment_gate(
+                        AuthResult(user=user, method="session", failed_logins=failed),
+                        enrolment)
         return AuthResult(close=close_message("noauth"))
 
     async def password(self, name: Any, password: Any, token: Any, failure: str,
@@ -196,7 +201,8 @@ class Authenticator:
             return result
         if not enrolment:
             return AuthResult(close={**token_required(), "otpsetup": True})
-        return AuthResult(user=result.user, method=result.method, enrolment_only=True)
+        return AuthResult(user=result.user, method=result.method, enrolment_only=True,
+                          failed_logins=result.failed_logins)
 
     def _failed(self, keys: list[str]) -> None:
         if self._limiter is not None:

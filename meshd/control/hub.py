@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from meshd.accounts import Accounts
 from meshd.control.auth import Authenticator
 from meshd.control.cookies import LoginCookies
+from meshd.control.rights import is_full_admin
 from meshd.control.views import iso_time
 from meshd.events import IEventBus, publish_and_store
 from meshd.presence import IPresence
@@ -45,8 +46,14 @@ class ControlHub:
                  public_url: Optional[Callable[[], str]] = None,
                  random: Callable[[int], bytes] = os.urandom, limiter: Any = None,
                  max_message: int = MAX_MESSAGE, force2factor: bool = False,
-                 allow_login_token: bool = False) -> None:
+                 allow_login_token: bool = False,
+                 server_warnings: Sequence[str] = ()) -> None:
         self.store = store
+        #: What full administrators are told on login (``serverwarnings``): configuration
+        #: problems found at start, and what :meth:`add_warning` adds while running.
+        self.server_warnings: list[dict[str, Any]] = []
+        for warning in server_warnings:
+            self.add_warning(warning)
         self.bus = bus
         self.presence = presence
         self.accounts = accounts
@@ -84,6 +91,18 @@ class ControlHub:
         return datetime.fromtimestamp(self.now(), timezone.utc)
 
     # -- sessions ---------------------------------------------------------------------
+
+    def add_warning(self, msg: str, args: Optional[list[Any]] = None) -> None:
+        """A warning for full administrators, sent on their next login and to those
+        logged in now (MeshCentral's ``{msg, id, args}``; id 0: no translated text, so
+        MeshCentral's web app shows ``msg``)."""
+        warning = {"msg": msg, "id": 0, "args": list(args or [])}
+        if warning in self.server_warnings:
+            return
+        self.server_warnings.append(warning)
+        for session in list(self.sessions.values()):
+            if is_full_admin(session.user):
+                session.send({"action": "serverwarnings", "warnings": [dict(warning)]})
 
     def register(self, session: "ControlSession") -> None:
         self.sessions[session.session_id] = session

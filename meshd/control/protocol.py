@@ -83,7 +83,8 @@ class ControlProtocol(WebSocketServerProtocol):
     def _start(self, result: AuthResult) -> None:
         assert result.user is not None
         self.session = ControlSession(self.hub, result.user, self._send_text, self._close,
-                                      self._peer, login_token=result.login_token)
+                                      self._peer, login_token=result.login_token,
+                                      failed_logins=result.failed_logins)
         self.session.start()
 
     def _refuse(self, message: dict[str, Any]) -> None:

@@ -106,7 +106,7 @@ class ControlSession:
 
     def __init__(self, hub: ControlHub, user: Document, send: Callable[[str], None],
                  close: Callable[[], None], peer: str = "",
-                 login_token: Optional[str] = None) -> None:
+                 login_token: Optional[str] = None, failed_logins: int = 0) -> None:
         from meshd.control.actions import ACTIONS  # the table imports Call from here
 
         self.hub = hub
@@ -115,6 +115,7 @@ class ControlSession:
         self.user_name: str = user.get("name", "")
         self.peer = peer
         self.login_token = login_token
+        self.failed_logins = failed_logins
         self.session_id = f"{self.user_id}/{hub.random(20).hex()}"
         self._actions: dict[str, Handler] = ACTIONS
         self._send_text = send
@@ -144,6 +145,17 @@ class ControlSession:
         self.send({"action": "userinfo", "userinfo": safe_user(self.user)})
         if is_full_admin(self.user):
             self.send({"action": "traceinfo", "traceSources": None})
+            if self.hub.server_warnings:
+                self.send({"action": "serverwarnings",
+                           "warnings": [dict(w) for w in self.hub.server_warnings]})
+        if self.failed_logins > 0:
+            count = self.failed_logins
+            self.send({"action": "msg", "type": "notify", "title": "Security Warning",
+                       "tag": "ServerNotify",
+                       "id": int.from_bytes(self.hub.random(6), "big") / 2 ** 48,
+                       "value": f"There has been {count} failed login attempts on this "
+                                f"account since the last login.",
+                       "titleid": 3, "msgid": 12, "args": [count]})
 
     def connection_lost(self) -> None:
         self._cancel_timers()

@@ -128,12 +128,14 @@ def backup_codes(random: Callable[[int], bytes]) -> list[dict[str, Any]]:
     return [{"p": code, "u": True} for code in codes]
 
 
-async def check_second_factor(store: IStore, user: Document, token: str, now: float) -> bool:
-    """A TOTP code of the user's secret, or an unused backup code (then spent)."""
+async def check_second_factor(store: IStore, user: Document, token: str, now: float
+                              ) -> Optional[str]:
+    """A TOTP code of the user's secret, or an unused backup code (then spent): which
+    one matched, as login events name it (``otp``, ``backup``), or None."""
     token = token.strip()
     secret = user.get("otpsecret")
     if isinstance(secret, str) and totp_matches(secret, token, now):
-        return True
+        return "otp"
     keys = user.get("otpkeys")
     if isinstance(keys, dict) and isinstance(keys.get("keys"), list) and token.isdigit() \
             and len(token) == 8:
@@ -143,8 +145,8 @@ async def check_second_factor(store: IStore, user: Document, token: str, now: fl
                 # A backup code works once.
                 entry["u"] = False
                 await store.set(user)
-                return True
-    return False
+                return "backup"
+    return None
 
 
 # -- enrolment codes -------------------------------------------------------------------

@@ -17,6 +17,7 @@ recorded as events, never with the password.  A store that is down gives a 503 p
 from __future__ import annotations
 
 import html
+from datetime import datetime
 from typing import Any, Callable, Coroutine, Optional
 from urllib.parse import urlsplit
 
@@ -25,13 +26,14 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from meshd.accounts import AccountError, Accounts, user_id
+from meshd.accounts import AccountError, Accounts, is_locked, user_id
 from meshd.control.twofactor import check_second_factor, has_second_factor
 from meshd.events import IEventBus, LocalEventBus, publish_and_store
 from meshd.ratelimit import FailureLimiter
 from meshd.store.interface import IStore, StoreUnavailable
 from meshd.web.app import app_page, app_security_headers
 from meshd.web.session import COOKIE_NAME, Sessions
+from meshd.web.useragent import describe
 
 _log = Logger(namespace="meshd.web.login")
 
@@ -58,13 +60,25 @@ class WebAuth:
 
     async def user_event(self, user_id: str, username: str, domain: str, action: str,
                          msg: str, msgid: Optional[int] = None,
-                         targets: tuple[str, ...] = ("*",)) -> None:
+                         targets: tuple[str, ...] = ("*",), **extra: Any) -> None:
         """Publish an account event and keep it in the audit trail."""
         event: dict[str, Any] = {"etype": "user", "action": action, "userid": user_id,
                                  "username": username, "domain": domain, "msg": msg}
         if msgid is not None:
             event["msgid"] = msgid
+        event.update(extra)
         await publish_and_store(self.bus, self.store, [user_id, *targets], event, self.now)
+
+    async def failed_logins_since(self, user_id: str, domain: str, since: Any) -> int:
+        """How many failed logins (``authfail`` events) the account had after ``since``
+        (seconds; nothing before the first login counts if it is not a number)."""
+        if not isinstance(since, (int, float)) or isinstance(since, bool) or since <= 0:
+            return 0
+        events = await self.store.get_events([user_id], domain, user_id=user_id,
+                                             action="authfail")
+        return sum(1 for event in events
+                   if isinstance(event.get("time"), datetime)
+                   and event["time"].timestamp() > since)
 
     async def current_user(self, request: Request) -> Optional[dict[str, Any]]:
         token = request.getCookie(COOKIE_NAME)
@@ -293,6 +307,10 @@ class LoginResource(_AuthPage):
                 f"Too many failed logins. Try again in {minutes} minute"
                 f"{'s' if minutes != 1 else ''}.", username))
         user = await auth.accounts.authenticate(username, password)
+        browser, system = describe(request.getHeader("user-agent"),
+                                   request.getHeader("sec-ch-ua-platform"),
+                                   request.getHeader("sec-ch-ua-platform-version"))
+        login_args = [ip, browser, system]
         # A second factor, when the account has one (meshd.control.twofactor); a wrong
         # code counts as a failed login.  Without one, under settings.force2factor, the
         # session can only enrol: the control channel enforces that.
@@ -301,28 +319,53 @@ class LoginResource(_AuthPage):
             request.setResponseCode(401)
             return page(auth.title, login_form("Enter the code of your authenticator app "
                                                "or a backup code.", username, token=True))
-        if user is not None and has_second_factor(user) and \
-                not await check_second_factor(auth.store, user, code, now):
-            user = None
+        second: Optional[str] = None
+        wrong_code = False
+        if user is not None and has_second_factor(user):
+            second = await check_second_factor(auth.store, user, code, now)
+            if second is None:
+                user, wrong_code = None, True
         if user is None:
             auth.limiter.failure("ip:" + ip, now)
             if uid:
                 auth.limiter.failure("user:" + uid, now)
             _log.info("failed login for {user_id} from {ip}", user_id=uid, ip=ip)
             if uid:
-                await auth.user_event(uid, username[:64], "", "authfail",
-                                      f"Failed login attempt from {ip}")
+                await self._failure_event(uid, username[:64], ip, login_args, wrong_code)
             request.setResponseCode(401)
             return page(auth.title, login_form("Invalid user name or password.", username,
                                                token=bool(code)))
         auth.limiter.success("ip:" + ip)
         auth.limiter.success("user:" + uid)
-        token = await auth.sessions.create(user, ip)
+        # Failed attempts since the previous login are shown once, in the web app.
+        failed = await auth.failed_logins_since(user["_id"], user.get("domain", ""),
+                                                user.get("pastlogin"))
+        token = await auth.sessions.create(user, ip, failedlogins=failed)
         _set_session_cookie(request, token)
         _log.info("{user_id} logged in from {ip}", user_id=user["_id"], ip=ip)
-        await auth.user_event(user["_id"], user.get("name", ""), user.get("domain", ""), "login",
-                              f"Account login from {ip}")
+        extra: dict[str, Any] = {"ip": ip, "userAgent": request.getHeader("user-agent") or ""}
+        if second is not None:
+            extra["twoFactorType"] = second
+        await auth.user_event(user["_id"], user.get("name", ""), user.get("domain", ""),
+                              "login", f"Account login from {ip}, {browser}, {system}",
+                              msgid=107, msgArgs=login_args, **extra)
         return _to_home(request)
+
+    async def _failure_event(self, uid: str, username: str, ip: str, login_args: list[str],
+                             wrong_code: bool) -> None:
+        """MeshCentral's ``authfail`` events: 108 wrong second factor, 109 locked
+        account, 110 unknown account or wrong password."""
+        auth = self._auth
+        if wrong_code:
+            msgid, msg = 108, f"User login attempt with incorrect 2nd factor from {ip}"
+        else:
+            existing = await auth.store.get(uid)
+            if existing is not None and is_locked(existing):
+                msgid, msg = 109, f"User login attempt on locked account from {ip}"
+            else:
+                msgid, msg = 110, f"Invalid user login attempt from {ip}"
+        await auth.user_event(uid, username, "", "authfail", msg, msgid=msgid,
+                              msgArgs=login_args)
 
 
 class LogoutResource(_AuthPage):

@@ -38,14 +38,25 @@ class Sessions:
         self._idle = idle_seconds
         self._random = random
 
-    async def create(self, user: Document, ip: str) -> str:
-        """A new session for ``user``; returns the cookie value."""
+    async def create(self, user: Document, ip: str, failedlogins: int = 0) -> str:
+        """A new session for ``user``; returns the cookie value.  ``failedlogins``: failed
+        attempts on the account since its previous login, told once (:meth:`take_failed_logins`)."""
         token = base64.urlsafe_b64encode(self._random(32)).rstrip(b"=").decode("ascii")
         now = int(self._now())
-        await self._store.set({"_id": _record_id(token), "type": "websession",
-                               "userid": user["_id"], "domain": user.get("domain", ""),
-                               "ip": ip, "created": now, "access": now})
+        record = {"_id": _record_id(token), "type": "websession", "userid": user["_id"],
+                  "domain": user.get("domain", ""), "ip": ip, "created": now, "access": now}
+        if failedlogins:
+            record["failedlogins"] = failedlogins
+        await self._store.set(record)
         return token
+
+    async def take_failed_logins(self, record: Document) -> int:
+        """The failed-login count kept in a session record, removed so it is told once."""
+        count = record.pop("failedlogins", 0)
+        if not count:
+            return 0
+        await self._store.set(record)
+        return int(count) if isinstance(count, int) else 0
 
     async def lookup(self, token: Optional[str]) -> Optional[Document]:
         """The live session record for a cookie value, or None."""

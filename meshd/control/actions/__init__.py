@@ -79,6 +79,7 @@ ACTIONS: dict[str, Callable[[Any], Any]] = {
     "removeuserfromusergroup": usergroups.removeuserfromusergroup,
     # events
     "events": events.events,
+    "previousLogins": events.previous_logins,
     "report": report.report,
     # server
     "serverstats": server.serverstats,

@@ -6,6 +6,7 @@ import re
 from typing import Any, Optional, TypeGuard
 
 from meshd.control.rights import Access
+from meshd.presence import CONN_AGENT, CONN_CIRA, IPresence
 from meshd.store.interface import Document, IStore
 
 DOMAIN = ""  # only the default domain is served for now
@@ -123,3 +124,16 @@ async def unlink_from_members(store: IStore, record: Optional[Document], target_
         await store.set(member)
         changed.append((member_id, member))
     return changed
+
+
+def drop_device_connections(presence: IPresence, node_ids: list[str], reason: str) -> None:
+    """Close the agent and Intel AMT CIRA connections this server holds for devices that
+    were just removed: a removed device must not stay reachable (its agent is refused
+    when it comes back, as its device group is gone)."""
+    for node_id in node_ids:
+        agent = presence.get(node_id, CONN_AGENT)
+        if agent is not None and hasattr(agent.handle, "close"):
+            agent.handle.close()
+        cira = presence.get(node_id, CONN_CIRA)
+        if cira is not None and hasattr(cira.handle, "evict"):
+            cira.handle.evict(reason)

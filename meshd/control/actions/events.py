@@ -11,6 +11,7 @@ Three questions, each answered newest first with ``time`` as ISO-8601 text:
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Optional
 
 from meshd.control.actions._util import DOMAIN, full_id, in_domain, node_with_rights, valid_int
@@ -22,7 +23,7 @@ from meshd.control.rights import (
     subscription_ids,
 )
 from meshd.control.session import Call
-from meshd.control.views import safe_event
+from meshd.control.views import iso_time, safe_event
 
 FILTERS = frozenset({"agentlog", "batchupload", "changenode", "manual", "relaylog",
                      "removenode", "runcommands"})
@@ -81,3 +82,36 @@ async def events(call: Call) -> None:
     if "user" in cmd:
         reply["user"] = cmd["user"]
     call.send({**reply, **_tag(call)})
+
+
+async def previous_logins(call: Call) -> None:
+    """``{userid?}`` → ``{action:"previousLogins", userid?, events:[{t, m, a, tn?}]}``:
+    the logins and failed logins of the caller, or of ``userid`` for a caller with
+    site right 0x2 (MeshCentral 1.1.55 answers nothing otherwise), newest first."""
+    access = await call.access()
+    user_id = call.command.get("userid")
+    if user_id is None:
+        target = call.user_id
+    elif isinstance(user_id, str) and in_domain(user_id, "user") \
+            and access.site(SITERIGHT_MANAGEUSERS):
+        target = user_id
+    else:
+        return
+    found = []
+    for action in ("login", "authfail"):
+        found += await call.store.get_events([target], DOMAIN, user_id=target, action=action)
+    found = [e for e in found if e.get("userid") == target and "msgArgs" in e]
+    found.sort(key=lambda e: e.get("time"), reverse=True)
+    entries = []
+    for event in found:
+        when = event.get("time")
+        entry = {"t": iso_time(when) if isinstance(when, datetime) else when,
+                 "m": event.get("msgid"),
+                 "a": event.get("msgArgs")}
+        if user_id is None and event.get("tokenName") is not None:
+            entry["tn"] = event["tokenName"]
+        entries.append(entry)
+    reply: dict[str, Any] = {"action": "previousLogins", "events": entries}
+    if user_id is not None:
+        reply["userid"] = target
+    call.send(reply)

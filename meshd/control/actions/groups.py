@@ -17,6 +17,7 @@ from typing import Any, Optional
 from meshd.agent.identity import encode_id
 from meshd.control.actions._util import (
     DOMAIN,
+    drop_device_connections,
     full_id,
     get_mesh,
     in_domain,
@@ -117,8 +118,9 @@ async def createmesh(call: Call) -> None:
 
 
 async def deletemesh(call: Call) -> None:
-    """``{meshid | meshname}`` → ``result:"ok"``: the group is marked deleted (a returning
-    agent can revive it), its devices removed, every member unlinked."""
+    """``{meshid | meshname}`` → ``result:"ok"``: the group is marked deleted, its devices
+    removed and disconnected (their agents are refused from then on), every member
+    unlinked."""
     access = await call.access()
     mesh_id, error = await _resolve(call, access)
     if error is None and not valid_str(mesh_id, 8, 134):
@@ -157,8 +159,10 @@ async def deletemesh(call: Call) -> None:
                 "msg": f"User group changed: {member.get('name')}"})
     mesh.pop("invite", None)
     mesh["deleted"] = call.hub.now_datetime()
+    devices = [node["_id"] for node in await call.store.find_nodes_by_mesh([mesh_id], DOMAIN)]
     await call.store.set(mesh)
     await call.store.remove_by_mesh(mesh_id)
+    drop_device_connections(call.hub.presence, devices, "device group deleted")
     call.result("ok")
 
 
