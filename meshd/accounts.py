@@ -158,11 +158,13 @@ class Accounts:
 
         return await self._update(name, domain, change)
 
-    async def authenticate(self, name: str, password: str, domain: str = ""
-                           ) -> Optional[Document]:
+    async def authenticate(self, name: str, password: str, domain: str = "",
+                           record: bool = True) -> Optional[Document]:
         """The user if ``password`` is right and the account may log in, else None.
 
         Imported legacy passwords (``passtype``) are upgraded to PBKDF2 on success.
+        ``record``: keep the login time (``login``/``pastlogin``); tools that log in for
+        every command (meshctrl) do not, as in MeshCentral.
         """
         if not isinstance(name, str) or not isinstance(password, str) or not name:
             return None
@@ -194,8 +196,11 @@ class Accounts:
                 user["salt"], user["hash"] = await self._run_blocking(passwords.hash_password,
                                                                       password)
                 del user["passtype"]
+                record = True
         if not ok or is_locked(user):
             return None
+        if not record:
+            return user
         # As MeshCentral: ``pastlogin`` is the login before this one (failed attempts since
         # then are told to the user).
         previous = user.get("login")

@@ -53,11 +53,15 @@ class LocalPresence:
     def __init__(self, on_change: Optional[Callable[[str, int], None]] = None) -> None:
         self._nodes: dict[str, dict[int, Connection]] = {}
         self._on_change = on_change
+        #: Changes with every add and remove (what was computed from presence at one
+        #: version is still right at the same version).
+        self.version = 0
 
     def add(self, connection: Connection) -> Optional[Connection]:
         kinds = self._nodes.setdefault(connection.node_id, {})
         previous = kinds.get(connection.kind)
         kinds[connection.kind] = connection
+        self.version += 1
         if self._on_change is not None:
             self._on_change(connection.node_id, self.state(connection.node_id))
         return previous
@@ -67,6 +71,7 @@ class LocalPresence:
         if kinds is None or kinds.get(connection.kind) is not connection:
             return False
         del kinds[connection.kind]
+        self.version += 1
         if not kinds:
             del self._nodes[connection.node_id]
         if self._on_change is not None:

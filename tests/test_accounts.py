@@ -85,6 +85,22 @@ class AccountTests(TestCase):
                               "salt": salt, "hash": hashed, "creation": 1})
         self.assertIsNotNone(await self.accounts.authenticate("mc", "pw from mc"))
 
+    async def test_login_times(self) -> None:
+        """A login keeps its time and the previous one (pastlogin); a tool login
+        (record=False) checks the password without writing anything."""
+        await self.accounts.create("root", "rootpassword")
+        await self.accounts.authenticate("root", "rootpassword")
+        self.time.t += 100
+        await self.accounts.authenticate("root", "rootpassword")
+        record = await self.store.get("user//root")
+        assert record is not None
+        self.assertEqual((record["login"], record["pastlogin"]),
+                         (1_700_000_100, 1_700_000_000))
+        self.time.t += 100
+        self.assertIsNotNone(await self.accounts.authenticate("root", "rootpassword",
+                                                              record=False))
+        self.assertEqual(await self.store.get("user//root"), record)
+
     async def test_locked_account(self) -> None:
         """An account with the locked site right cannot log in."""
         await self.accounts.create("root", "rootpassword")

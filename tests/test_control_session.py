@@ -726,6 +726,35 @@ class DeviceActionTests(Base):
         self.assertEqual(self.admin.reply("nodes", meshid="mesh//nope"),
                          {"action": "nodes", "responseid": "r", "result": "Invalid group id"})
 
+    def test_nodes_listing_kept_until_something_changes(self) -> None:
+        """A listing is built once and reused while the store and presence stay the
+        same; a document write (here behind the server's back) or a device connecting
+        is seen at once."""
+        n1 = self.world.add_node(self.agents, "n1")
+        builds: list[list[str]] = []
+        find = self.world.store.find_nodes_by_mesh
+
+        def counting(mesh_ids: list[str], domain: Any = None) -> Any:
+            builds.append(list(mesh_ids))
+            return find(mesh_ids, domain)
+
+        self.world.store.find_nodes_by_mesh = counting  # type: ignore[method-assign]
+
+        def names() -> list[tuple[str, Any]]:
+            listing = self.admin.reply("nodes", meshid=self.agents)["nodes"][self.agents]
+            return [(n["name"], n.get("conn")) for n in listing]
+
+        self.assertEqual(names(), [("n1", None)])
+        self.assertEqual(names(), [("n1", None)])
+        self.assertEqual(len(builds), 1, "the second listing is the kept one")
+        record = dict(self.world.doc(n1), name="renamed")
+        self.successResultOf(self.world.store.set(record))
+        self.assertEqual(names(), [("renamed", None)])
+        self.world.connect_agent(n1)
+        self.assertEqual(names(), [("renamed", 1)])
+        self.assertEqual(names(), [("renamed", 1)])
+        self.assertEqual(len(builds), 3)
+
     def test_direct_device_link_visible(self) -> None:
         """A user linked to one device sees that device and nothing else of its group."""
         n1 = self.world.add_node(self.agents, "n1")

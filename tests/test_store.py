@@ -106,6 +106,31 @@ class StoreContractMixin(_TestCaseBase):
 
     # -- main collection ---------------------------------------------------------------
 
+    async def test_change_marker(self) -> None:
+        """The change marker stays while only reads and events happen and moves with
+        every document write; a backend that cannot tell gives None."""
+        first = await self.store.change_marker()
+        if first is None:
+            self.assertFalse(self.store.can_mark_changes)
+            return
+        await self.store.get("user//nobody")
+        await self.store.find_by_type("node")
+        await self.store.store_event({"ids": ["*"], "domain": "", "action": "x",
+                                      "time": datetime(2024, 1, 1, tzinfo=UTC)})
+        self.assertEqual(await self.store.change_marker(), first)
+        seen = {first}
+        for write in (lambda: self.store.set(user("a")),
+                      lambda: self.store.set_many([user("b")]),
+                      lambda: self.store.increment("counter", "n"),
+                      lambda: self.store.set_setting("k", 1),
+                      lambda: self.store.remove("user//a"),
+                      lambda: self.store.remove_many(["user//b"]),
+                      lambda: self.store.remove_by_mesh(MESH_B)):
+            await write()
+            marker = await self.store.change_marker()
+            self.assertNotIn(marker, seen)
+            seen.add(marker)
+
     async def test_get_missing(self) -> None:
         """Getting an unknown id gives None."""
         self.assertIsNone(await self.store.get("user//nobody"))
@@ -556,6 +581,22 @@ class SQLiteFileTests(unittest.TestCase):
         self.assertEqual(await _query(store, "PRAGMA synchronous"), [(2,)])
         self.assertEqual(await _query(store, "SELECT version FROM schema_version"),
                          [(SCHEMA_VERSION,)])
+
+    async def test_change_marker_sees_other_writers(self) -> None:
+        """A commit by another connection (meshd-admin while the server runs) moves the
+        change marker, so nothing computed before it is reused."""
+        store = await self.open_store()
+        await store.set(user("a"))
+        before = await store.change_marker()
+        other = sqlite3.connect(self.path)
+        try:
+            other.execute("UPDATE documents SET doc = json_set(doc, '$.name', 'b') "
+                          "WHERE id = 'user//a'")
+            other.commit()
+        finally:
+            other.close()
+        self.assertNotEqual(await store.change_marker(), before)
+        self.assertEqual((await must_get(store, "user//a"))["name"], "b")
 
     async def test_wide_file_mode_is_tightened(self) -> None:
         """An existing database readable by others is set to 0600 on open."""

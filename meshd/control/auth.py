@@ -171,7 +171,7 @@ class Authenticator:
             user = await self._token_user(name, password)
             login_token = name
         else:
-            user = await self._accounts.authenticate(name, password)
+            user = await self._accounts.authenticate(name, password, record=not tools)
         if user is None:
             self._failed(keys)
             return AuthResult(close=close_message(failure))

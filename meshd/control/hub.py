@@ -13,6 +13,7 @@ user id, with the key :data:`INTERNAL`; sessions act on them and never forward t
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
@@ -79,6 +80,9 @@ class ControlHub:
         # Device listings being built, shared by concurrent identical ``nodes`` requests
         # (see meshd.control.actions.devices.Coalescer).
         self.listings: dict[Any, Any] = {}
+        #: Encoded device listings by request key: (store change marker, presence
+        #: version, text); used while neither moved (see actions.devices.nodes).
+        self.listing_cache: OrderedDict[Any, tuple[Any, Any, str]] = OrderedDict()
 
     @property
     def force2factor(self) -> bool:

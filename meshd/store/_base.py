@@ -57,6 +57,8 @@ class StoreBase:
     def __init__(self) -> None:
         self._open_state = False
         self._healthy = False
+        #: Document writes asked of this store object (see :meth:`change_marker`).
+        self._writes = 0
 
     @property
     def is_healthy(self) -> bool:
@@ -111,23 +113,28 @@ class StoreBase:
 
     @_fail_early
     def set(self, doc: Document) -> Deferred[None]:
+        self._writes += 1
         return self._run(self._thd_set_many, [_docs.normalize_document(doc)])
 
     @_fail_early
     def set_many(self, docs: Sequence[Document]) -> Deferred[None]:
+        self._writes += 1
         return self._run(self._thd_set_many, [_docs.normalize_document(doc) for doc in docs])
 
     @_fail_early
     def remove(self, doc_id: str) -> Deferred[bool]:
+        self._writes += 1
         result = self._run(self._thd_remove_many, [_docs.require_id(doc_id)])
         return result.addCallback(bool)
 
     @_fail_early
     def remove_many(self, doc_ids: Sequence[str]) -> Deferred[int]:
+        self._writes += 1
         return self._run(self._thd_remove_many, _docs.require_ids(doc_ids, "doc_ids"))
 
     @_fail_early
     def remove_by_mesh(self, mesh_id: str) -> Deferred[int]:
+        self._writes += 1
         return self._run(self._thd_remove_by_mesh, _docs.require_id(mesh_id, "mesh_id"))
 
     @_fail_early
@@ -163,6 +170,7 @@ class StoreBase:
 
     @_fail_early
     def increment(self, doc_id: str, field: str, by: int = 1) -> Deferred[int]:
+        self._writes += 1
         if isinstance(by, bool) or not isinstance(by, int):
             raise TypeError("by must be an int")
         return self._run(self._thd_increment, _docs.require_id(doc_id),
@@ -176,7 +184,30 @@ class StoreBase:
     @_fail_early
     def set_setting(self, key: str, value: Any) -> Deferred[None]:
         doc = _docs.normalize_document({"_id": _docs.require_id(key, "key"), "value": value})
+        self._writes += 1
         return self._run(self._thd_set_many, [doc])
+
+    def change_marker(self) -> Deferred[Any]:
+        """A value equal to an earlier one only if no document changed in between.
+
+        Writes asked of this object are counted here (the backend runs calls in the
+        order they were made, so a read asked after the marker sees every write counted
+        before it); :meth:`_thd_external_version` adds what other processes committed.
+        None when the backend cannot tell (then nothing may be cached on it).
+        """
+        writes = self._writes
+        if not self.can_mark_changes:
+            return defer.succeed(None)
+        return self._run(self._thd_external_version).addCallback(
+            lambda external: (writes, external))
+
+    #: Whether :meth:`change_marker` can tell changes (a store shared with other
+    #: processes that it cannot watch cannot).
+    can_mark_changes = True
+
+    def _thd_external_version(self) -> Any:
+        """Something that changes when another process commits a change."""
+        return 0
 
     # -- events ----------------------------------------------------------------------
 

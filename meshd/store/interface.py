@@ -178,6 +178,16 @@ class IStore(Interface):
         @return: Deferred[None].
         """
 
+    def change_marker() -> Deferred[Any]:
+        """A value that is equal to an earlier one only if no document changed in
+        between, in this process or another; None if the backend cannot tell.
+
+        Callers use it to keep something computed from documents (the device list) as
+        long as nothing changed. Events do not count as changes.
+
+        @return: Deferred[Hashable | None].
+        """
+
     # -- events ----------------------------------------------------------------------
 
     def store_event(event: Document) -> Deferred[None]:

@@ -120,6 +120,9 @@ def _read_record(raw: dict[str, Any]) -> Document:
 class MongoStore(ThreadedStore):
     """IStore over a MongoDB database (see the module docstring)."""
 
+    # Other meshd processes write to the same database unseen: nothing may be cached.
+    can_mark_changes = False
+
     backend = "mongodb"
 
     def __init__(

@@ -331,6 +331,10 @@ class SQLiteStore(ThreadedStore):
         rows = self._db.execute(" ".join(sql), params).fetchall()
         return [_docs.from_stored_json(row[0]) for row in rows]
 
+    def _thd_external_version(self) -> Any:
+        # Changes when another connection (meshd-admin, another process) commits.
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
     def _thd_count(self, doc_type: str, domain: str | None) -> int:
         if domain is None:
             row = self._db.execute("SELECT COUNT(*) FROM documents WHERE type = ?", (doc_type,))

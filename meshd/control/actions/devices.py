@@ -146,7 +146,34 @@ async def nodes(call: Call) -> None:
     # Every other listing is built once for all the concurrent requests that want the
     # same groups and devices, and sent as the same text.
     key = (DOMAIN, tuple(mesh_ids), tuple(extra_nodes))
-    listings = call.hub.listings
+    text = await _cached_listing(call.hub, key, mesh_ids, extra_nodes)
+    head: dict[str, Any] = {"action": "nodes"}
+    if call.responseid is not None:
+        head["responseid"] = call.responseid
+    tail = f',"tag":{dumps(call.command["tag"])}' if "tag" in call.command else ""
+    call.send_text(f'{dumps(head)[:-1]},"nodes":{text}{tail}}}')
+
+
+#: Listings kept (one per distinct set of groups and devices asked for).
+LISTING_CACHE_SIZE = 64
+
+
+async def _cached_listing(hub: Any, key: Any, mesh_ids: list[str],
+                          extra_nodes: list[str]) -> str:
+    """The encoded listing for ``key``: reused while no document changed in the store
+    and no device connected or disconnected (both checked before building, so a kept
+    listing is never older than what its labels say); else built, by one
+    :class:`Coalescer` run for all concurrent callers."""
+    marker = await hub.store.change_marker()
+    live = getattr(hub.presence, "version", None)
+    cache = hub.listing_cache
+    if marker is not None and live is not None:
+        kept = cache.get(key)
+        if kept is not None and kept[0] == marker and kept[1] == live:
+            cache.move_to_end(key)
+            text: str = kept[2]
+            return text
+    listings = hub.listings
     coalescer = listings.get(key)
     if coalescer is None:
         def idle(done: Coalescer) -> None:
@@ -154,13 +181,14 @@ async def nodes(call: Call) -> None:
                 del listings[key]
 
         coalescer = listings[key] = Coalescer(
-            lambda: _encoded_listing(call.hub, mesh_ids, extra_nodes), idle)
+            lambda: _encoded_listing(hub, mesh_ids, extra_nodes), idle)
     text = await coalescer.run()
-    head: dict[str, Any] = {"action": "nodes"}
-    if call.responseid is not None:
-        head["responseid"] = call.responseid
-    tail = f',"tag":{dumps(call.command["tag"])}' if "tag" in call.command else ""
-    call.send_text(f'{dumps(head)[:-1]},"nodes":{text}{tail}}}')
+    if marker is not None and live is not None:
+        cache[key] = (marker, live, text)
+        cache.move_to_end(key)
+        while len(cache) > LISTING_CACHE_SIZE:
+            cache.popitem(last=False)
+    return text
 
 
 class Coalescer:
