@@ -63,6 +63,7 @@ from meshd.web.agentinstall import MeshSettingsResource, mesh_agents_resource
 from meshd.web.login import WebAuth
 from meshd.web.redirect import RedirectResource
 from meshd.web.session import Sessions
+from meshd.web.sharing import SharingResource
 
 _log = Logger(namespace="meshd")
 
@@ -479,14 +480,17 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
     for domain_key, folder in domain_folders.items():
         folder.putChild(b"webrelay.ashx", webrelay(domain_key.decode("utf-8")))
 
-    # HTTPS: web site, /agent.ashx, /control.ashx, /meshrelay.ashx.
+    # HTTPS: web site, /agent.ashx, /control.ashx, /meshrelay.ashx, /sharing (guests).
     site = Site(build_root(clock=reactor, started_at=root.started_at,
                            title=config.default_domain.title, listeners=root.listeners,
                            auth=auth, status={"mps": mps.stats_dict,
                                               "agents": lambda: dict(agents.stats)}, extra={
                                **agent_paths("", agents), **domain_folders,
                                b"control.ashx": control_resource(hub, reactor),
-                               b"webrelay.ashx": webrelay("")}),
+                               b"webrelay.ashx": webrelay(""),
+                               b"sharing": SharingResource(
+                                   store=store, invite_cookies=hub.invite_cookies,
+                                   clock=reactor, title=config.default_domain.title)}),
                 logFormatter=access_log_line)
     site.displayTracebacks = False
     ListenerService(ListenerSpec("https", "--port", settings.port, web_context is not None),

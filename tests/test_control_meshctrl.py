@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
+from datetime import datetime, timedelta
 from typing import Optional
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -244,6 +245,63 @@ class MeshCtrlTests(SynchronousTestCase):
         self.assertEqual(self.run_ctl("removedevice", "--id", dev1), "Denied")
         for group in (local_a, local_b, amt, agents):
             self.assertEqual(self.run_ctl("removedevicegroup", "--id", group), "ok")
+
+    def test_device_sharing(self) -> None:
+        """devicesharing --add (terminal, unlimited; view-only desktop for 30 minutes), the
+        listing, --remove (MeshCentral's first answer has no result: meshctrl prints
+        undefined), errors."""
+        group = self.new_group("--agentless")
+        self.assertEqual(self.run_ctl("addlocaldevice", "--id", group, "--devicename", "shared",
+                                      "--hostname", "127.0.0.9"), "ok")
+        devices = self.json_ctl("listdevices", "--id", group)
+        assert isinstance(devices, list) and len(devices) == 1, devices
+        node = devices[0]["_id"]
+        self.assertEqual(self.run_ctl("devicesharing", "--id", node),
+                         "No device sharing links for this device.")
+        added = self.run_ctl("devicesharing", "--id", node, "--add", "Guest", "--type",
+                             "terminal").splitlines()
+        self.assertEqual(len(added), 2, added)
+        self.assertTrue(added[0].startswith("ID: "), added)
+        public = added[0][len("ID: "):]
+        self.assertEqual(len(public), 12, public)
+        url = added[1][len("URL: "):]
+        self.assertTrue(url.startswith(f"https://127.0.0.1:{self.server.port}/sharing?c="),
+                        added)
+        listing = self.run_ctl("devicesharing", "--id", node).splitlines()
+        self.assertEqual(listing, ["----------", f"Identifier:   {public}",
+                                   "Type:         Terminal", "UserId:       user//admin",
+                                   "Guest Name:   Guest", "User Consent: Terminal Notify",
+                                   f"URL:          {url}"])
+        timed = self.run_ctl("devicesharing", "--id", node, "--add", "Viewer", "--type",
+                             "desktop", "--duration", "30", "--consent", "prompt,bar",
+                             "--viewonly").splitlines()
+        self.assertTrue(timed[0].startswith("ID: "), timed)
+        # (devicesharing --json prints Node's inspect format, not JSON: read the text.)
+        listing = self.run_ctl("devicesharing", "--id", node).split("----------")
+        [viewer] = [block.strip().splitlines() for block in listing if "Viewer" in block]
+        fields = dict(line.split(":", 1) for line in viewer)
+        self.assertEqual((fields["Type"].strip(), fields["User Consent"].strip()),
+                         ("View Only Desktop", "Desktop Prompt, Desktop Connection Toolbar"))
+        start, end = (datetime.strptime(fields[name].strip(), "%m/%d/%Y, %I:%M:%S %p")
+                      for name in ("Start Time", "Expire Time"))
+        self.assertEqual(end - start, timedelta(minutes=30))
+        self.assertEqual(self.run_ctl("devicesharing", "--id", node, "--remove", public),
+                         "undefined")
+        # Its first answer, {removed: null}, comes before the error: undefined again.
+        self.assertEqual(self.run_ctl("devicesharing", "--id", node, "--remove", public),
+                         "undefined")
+        self.assertNotIn(public, self.run_ctl("devicesharing", "--id", node))
+        self.assertEqual(self.run_ctl("devicesharing", "--id", node, "--remove",
+                                      timed[0][len("ID: "):]), "undefined")
+        self.assertEqual(self.run_ctl("devicesharing", "--id", node),
+                         "No device sharing links for this device.")
+        # What meshctrl itself refuses, and what the server does.
+        self.assertEqual(self.run_ctl("devicesharing", "--id", node, "--add", "G", "--type",
+                                      "shell"), "Unknown sharing type: shell")
+        self.assertEqual(self.run_ctl("devicesharing", "--id", "node//" + "A" * 64, "--add",
+                                      "G", "--type", "terminal"), "Invalid node id")
+        self.assertEqual(self.run_ctl("removedevice", "--id", node), "ok")
+        self.assertEqual(self.run_ctl("removedevicegroup", "--id", group), "ok")
 
     def test_user_groups(self) -> None:
         """addusergroup, addtousergroup (user and group), listusergroups, removals."""

@@ -115,6 +115,12 @@ MESH_CASES = [
          "Invalid device id"),
     Case("deviceShares", R.MESHRIGHT_GUESTSHARING, lambda s: {"nodeid": s.node},
          "Access denied"),
+    Case("createDeviceShareLink", R.MESHRIGHT_GUESTSHARING,
+         lambda s: {"nodeid": s.node, "guestname": "g", "p": 1, "consent": 0, "expire": 0},
+         "Access denied"),
+    Case("createDeviceShareLink", R.MESHRIGHT_REMOTECONTROL,
+         lambda s: {"nodeid": s.node, "guestname": "g", "p": 4, "consent": 0, "expire": 0},
+         "Access denied"),
 ]
 
 SITE_CASES = [

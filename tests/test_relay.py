@@ -442,3 +442,73 @@ class TunnelRoutingTests(TestCase):
         for bad in ("https://x/meshrelay.ashx?id=1", "*/../meshrelay.ashx?id=1",
                     "*/a/b/meshrelay.ashx", "*/control.ashx?id=1", None, 5):
             self.assertIsNone(parse_relay_value(bad), bad)
+
+
+class GuestRuleTests(TableBase):
+    """Sides of device-sharing links: their share, their end."""
+
+    def guest(self, share: str = "S1", expires: Optional[float] = None) -> SideInfo:
+        return user_side(guest_name="Guest", share_id=share, expires=expires)
+
+    def test_guest_pairs_only_with_its_share(self) -> None:
+        """A guest side pairs with the agent side of its own share only: not with a user's
+        own agent side, nor with another share's."""
+        a = FakePeer()
+        self.assertTrue(self.table.join(a, self.guest("S1")))
+        for other in (agent_side(), agent_side(share_id="S2")):
+            b = FakePeer()
+            self.assertFalse(self.table.join(b, other))
+            self.assertTrue(b.closed)
+        self.assertFalse(a.closed)
+        c = FakePeer()
+        self.assertTrue(self.table.join(c, agent_side(share_id="S1")))
+        self.assertEqual(a.frames, [(b"c", False)])
+        self.assertEqual(self.started[0].guest_name, "Guest")
+
+    def test_user_side_never_meets_a_guest_agent_side(self) -> None:
+        """A user's own side does not pair with the agent side dialled for a guest."""
+        a, b = FakePeer(), FakePeer()
+        self.table.join(a, agent_side(share_id="S1"))
+        self.assertFalse(self.table.join(b, user_side()))
+
+    def test_expired_side_refused(self) -> None:
+        """A side whose access period is over is refused at once."""
+        a = FakePeer()
+        self.assertFalse(self.table.join(a, self.guest(expires=self.clock.seconds())))
+        self.assertTrue(a.closed)
+        self.assertEqual(len(self.table), 0)
+
+    def test_session_closed_at_expiry(self) -> None:
+        """A paired guest session is closed, both sides, when its access period ends; the
+        end is reported."""
+        end = self.clock.seconds() + 100
+        a, b = self.pair(self.guest(expires=end), agent_side(share_id="S1"))
+        self.clock.advance(99)
+        self.assertFalse(a.closed or b.closed)
+        self.clock.advance(1)
+        self.assertTrue(a.closed and b.closed)
+        self.assertEqual(len(self.table), 0)
+        self.assertEqual(len(self.ended), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_deadline_cancelled_when_session_ends_first(self) -> None:
+        """A session that ends before its access period leaves no timer behind."""
+        a, b = self.pair(self.guest(expires=self.clock.seconds() + 100),
+                         agent_side(share_id="S1"))
+        self.table.lost(a)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_close_share(self) -> None:
+        """close_share closes every session and waiting side of that share, no other."""
+        a, b = self.pair(self.guest("S1"), agent_side(share_id="S1"))
+        waiting = FakePeer()
+        self.table.join(waiting, SideInfo(relay_id="r2", user_id="user//alice",
+                                          authenticated=True, share_id="S1"))
+        c, d = FakePeer(), FakePeer()
+        self.table.join(c, user_side("r3"))
+        self.table.join(d, agent_side("r3"))
+        self.assertEqual(self.table.close_share("S1"), 2)
+        self.assertTrue(a.closed and b.closed and waiting.closed)
+        self.assertFalse(c.closed or d.closed)
+        self.assertEqual(len(self.table), 1)
+        self.assertEqual(self.table.close_share("S1"), 0)

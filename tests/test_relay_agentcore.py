@@ -7,10 +7,13 @@ import base64
 import hashlib
 import struct
 
+from typing import Any
+
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
-from agentsrc.core.tunnel import relay_url, terminal_allowed
+from agentsrc.core.tunnel import Tunnel, relay_url, terminal_allowed
 from agentsrc.core.wsclient import MAX_MESSAGE, WebSocketClient, encode_frame, mask
 
 
@@ -64,6 +67,49 @@ class RelayUrlTests(TestCase):
         self.assertFalse(terminal_allowed(256))
         self.assertFalse(terminal_allowed(None))
         self.assertFalse(terminal_allowed(True))
+
+
+class _Manager:
+    """What a Tunnel asks of its manager, recorded."""
+
+    def __init__(self) -> None:
+        self.reactor = self
+        self.spawned: list[Any] = []
+        self.log = Logger()
+        self.ended_tunnels: list[Tunnel] = []
+
+    def ended(self, tunnel: Tunnel) -> None:
+        self.ended_tunnels.append(tunnel)
+
+    def sessions_changed(self) -> None:
+        pass
+
+    def send(self, message: dict[str, Any]) -> None:
+        pass
+
+    def spawnProcess(self, *args: Any, **kwargs: Any) -> Any:
+        self.spawned.append(args)
+        return object()  # no process is started in this test
+
+
+class GuestUsageTests(TestCase):
+    def test_usages_limit_the_protocol(self) -> None:
+        """A tunnel whose request lists soptions.usages (a guest of a sharing link) refuses
+        any other protocol before running anything."""
+        manager: Any = _Manager()
+        tunnel = Tunnel(manager, {"rights": 8, "soptions": {"usages": [5, 10]},
+                                  "guestname": "Guest"})
+        tunnel.state = "active"
+        tunnel._message(b"1", False)
+        self.assertEqual(tunnel.state, "closed")
+        self.assertEqual(manager.ended_tunnels, [tunnel])
+        self.assertEqual(manager.spawned, [])
+        # Without usages the same request would start the shell.
+        manager = _Manager()
+        tunnel = Tunnel(manager, {"rights": 8})
+        tunnel.state = "active"
+        tunnel._message(b"1", False)
+        self.assertEqual(len(manager.spawned), 1)
 
 
 class WebSocketClientTests(TestCase):

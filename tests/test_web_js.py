@@ -65,11 +65,12 @@ class NodeTestRunnerTests(SynchronousTestCase):
             for banned in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write",
                            "eval(", "new Function"):
                 self.assertNotIn(banned, source, f"{os.path.relpath(path, ROOT)} uses {banned}")
-        with open(os.path.join(WEB, "index.html"), encoding="utf-8") as f:
-            page = f.read()
-        self.assertNotRegex(page, r"<script(?![^>]*\b(src=|type=\"application/json\"))")
-        self.assertNotRegex(page, r"\son[a-z]+=")
-        self.assertNotIn("style=", page)
+        for name in ("index.html", "sharing.html"):
+            with open(os.path.join(WEB, name), encoding="utf-8") as f:
+                page = f.read()
+            self.assertNotRegex(page, r"<script(?![^>]*\b(src=|type=\"application/json\"))")
+            self.assertNotRegex(page, r"\son[a-z]+=")
+            self.assertNotIn("style=", page)
 
 
 # Third-party browser files in web/vendor/: (package, folder in vendor/, files in the package).

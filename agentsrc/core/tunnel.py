@@ -19,8 +19,9 @@ when the bootstrap offers them as ``context.tls_hashes``).  On the relay, in ord
    file manager's JSON commands and upload/download blocks (:mod:`.files`).
 
 A terminal needs the REMOTECONTROL right (8) and not NOTERMINAL (512), unless the rights are
-full; files need REMOTECONTROL and not NOFILES (1024), likewise; a refused protocol closes
-the tunnel without running anything.  The shell runs on a
+full; files need REMOTECONTROL and not NOFILES (1024), likewise; a request carrying
+``soptions.usages`` (a guest of a sharing link: ``guestname``, ``guestuserid``) may open only
+those protocols; a refused protocol closes the tunnel without running anything.  The shell runs on a
 real pty; ``termsize`` resizes it (the kernel signals SIGWINCH).  When the shell exits the
 relay socket is closed; when the relay closes the shell is hung up.  Flow control: each side
 is registered as the other's producer, so a slow relay pauses reading the pty and a slow
@@ -195,6 +196,13 @@ class Tunnel:
         except (ValueError, UnicodeDecodeError):
             return self.close()
         self.protocol = protocol
+        soptions = self.request.get("soptions")
+        allowed = soptions.get("usages") if isinstance(soptions, dict) else None
+        if isinstance(allowed, list) and protocol not in allowed:
+            # A guest of a sharing link may open only what the share allows.
+            self._log.info("tunnel protocol {protocol} not among the allowed {usages}",
+                           protocol=protocol, usages=allowed)
+            return self.close()
         if protocol in TERMINAL_PROTOCOLS:
             if not terminal_allowed(self.rights):
                 self._log.info("terminal refused: rights {rights}", rights=self.rights)

@@ -19,6 +19,11 @@ Who sends what, in what order:
    most :data:`EARLY_LIMIT` bytes, and forwarded after ``c``.
 5. When either side goes (:meth:`RelayTable.lost`), the other is closed and the pair
    removed; the session end is reported with its duration and byte counts.
+6. Guest sides (device-sharing links) carry their share's id and end: a side whose
+   ``expires`` has passed is refused, a joined one is closed (with its partner) when it
+   comes; sides of a share pair only with sides of the same share (the agent side of a
+   guest tunnel carries it in its relay cookie), never with a user's own sessions; and
+   :meth:`RelayTable.close_share` closes every side of a share at once (share removed).
 
 The table never touches sockets: sides are :class:`IRelayPeer` providers and time comes
 from an injected ``IReactorTime`` (``task.Clock`` in tests).
@@ -68,6 +73,9 @@ class SideInfo:
     browser: bool = False
     address: str = ""
     recorded: bool = False
+    guest_name: Optional[str] = None  # a guest of a device-sharing link (its name)
+    share_id: Optional[str] = None  # the share (publicid) a guest side or its agent side is for
+    expires: Optional[float] = None  # clock seconds after which the side is closed
 
     @property
     def trusted(self) -> bool:
@@ -86,6 +94,7 @@ class Side:
     early_bytes: int = 0
     received_bytes: int = 0
     gone: bool = False
+    deadline: Any = None  # the DelayedCall closing it at ``info.expires``
 
 
 @dataclass
@@ -119,6 +128,13 @@ class Relay:
                 return side.info.node_id
         return None
 
+    @property
+    def guest_name(self) -> Optional[str]:
+        for side in (self.first, self.second):
+            if side is not None and side.info.guest_name:
+                return side.info.guest_name
+        return None
+
 
 SessionCallback = Callable[[Relay], None]
 
@@ -141,7 +157,7 @@ class RelayTable:
         self._early_limit = early_limit
         self._relays: dict[str, Relay] = {}
         self._sides: dict[int, Side] = {}
-        self.stats = {"paired": 0, "refused": 0, "expired": 0}
+        self.stats = {"paired": 0, "refused": 0, "expired": 0, "ended": 0}
 
     # -- introspection ------------------------------------------------------------------
 
@@ -164,6 +180,8 @@ class RelayTable:
         side = Side(peer, info)
         if info.user_id is None and not info.nouser:
             return self._refuse(side, "no authentication")
+        if info.expires is not None and info.expires <= self._clock.seconds():
+            return self._refuse(side, "access period over")
         relay = self._relays.get(info.relay_id)
         if relay is None:
             self._sides[id(peer)] = side
@@ -172,6 +190,7 @@ class RelayTable:
             self._relays[info.relay_id] = relay
             self._set_paused(side, True)
             relay.timer = self._clock.callLater(self._lonely_seconds, self._expire, relay)
+            self._arm_deadline(side)
             return True
         if relay.second is not None:
             return self._refuse(side, "duplicate")
@@ -180,8 +199,23 @@ class RelayTable:
             return self._refuse(side, "relay without auth")
         if not (first.info.nouser or info.nouser) and first.info.user_id != info.user_id:
             return self._refuse(side, "user mismatch")
+        if first.info.share_id != info.share_id:
+            return self._refuse(side, "share mismatch")
+        self._arm_deadline(side)
         self._pair(relay, side)
         return True
+
+    def close_share(self, share_id: str) -> int:
+        """Close every side of a device share (and its partner); how many sessions."""
+        closed = 0
+        for side in list(self._sides.values()):
+            if side.info.share_id == share_id and side.relay is not None and not side.gone:
+                self._log.info("relay {relay_id}: share {share_id} removed; closing",
+                               relay_id=side.info.relay_id[:64], share_id=share_id)
+                self.stats["ended"] += 1
+                self._drop(side)
+                closed += 1
+        return closed
 
     def received(self, peer: Any, payload: bytes, binary: bool) -> None:
         """A frame from a side: to its partner, or kept until there is one."""
@@ -267,6 +301,20 @@ class RelayTable:
             if not side.gone:
                 self._update_reading(side)
 
+    def _arm_deadline(self, side: Side) -> None:
+        if side.info.expires is not None:
+            side.deadline = self._clock.callLater(
+                max(0.0, side.info.expires - self._clock.seconds()), self._deadline, side)
+
+    def _deadline(self, side: Side) -> None:
+        side.deadline = None
+        if side.gone or side.relay is None:
+            return
+        self.stats["ended"] += 1
+        self._log.info("relay {relay_id}: access period over; closing",
+                       relay_id=side.info.relay_id[:64])
+        self._drop(side)
+
     def _update_reading(self, side: Side) -> None:
         partner = side.partner
         self._set_paused(side, partner is None or partner.blocked)
@@ -304,6 +352,9 @@ class RelayTable:
         for one in (side, partner):
             if one is None:
                 continue
+            if one.deadline is not None and one.deadline.active():
+                one.deadline.cancel()
+            one.deadline = None
             one.relay, one.partner, one.early = None, None, []
             self._sides.pop(id(one.peer), None)
             if not one.gone:

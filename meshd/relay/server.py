@@ -6,15 +6,20 @@ Identity of a side (spec relay.md §3), resolved from the upgrade request:
   session cookie, ``x-meshauth`` header, ``?user=&pass=``; the same ``Origin`` check);
 * else a **relay cookie** ``?rauth=`` (240 minutes): ``{ruserid}`` — the agent side of a
   tunnel the server announced for that user — or ``{nouser:1}``;
+* else a **guest** of a device-sharing link: ``?c=`` the link's cookie
+  (:mod:`meshd.relay.guest`; the relay then asks the agent to dial back itself);
 * neither: the upgrade is refused (403) before any WebSocket opens.
 
 A logged-in side naming a ``nodeid`` must hold REMOTECONTROL or RELAY rights on it.
 Session start and end are dispatched as MeshCentral's ``relaylog`` events (msgid 13–16,
-162 / 9–12, 112) to administrators and the user, and kept in the audit trail.
+162 / 9–12, 112) to administrators and the user (with ``guestname`` for guests), and
+kept in the audit trail.  A removed share (event ``removedDeviceShare`` on
+``server-shareremove``) closes its live guest sessions at once.
 """
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
@@ -26,6 +31,7 @@ from meshd.control.cookies import LoginCookies
 from meshd.control.rights import MESHRIGHT_RELAY, MESHRIGHT_REMOTECONTROL, Access
 from meshd.control.views import iso_time
 from meshd.events import IEventBus, publish_and_store
+from meshd.relay.guest import GuestAdmission, GuestRefused
 from meshd.relay.machine import Relay, RelayTable, SideInfo
 from meshd.store.interface import IStore, StoreUnavailable
 
@@ -75,7 +81,11 @@ class RelayServer:
 
     def __init__(self, *, store: IStore, bus: IEventBus, clock: Any, auth: Authenticator,
                  cookies: LoginCookies, lonely_seconds: Optional[float] = None,
-                 recorder_for: Optional[Callable[[str], Any]] = None) -> None:
+                 recorder_for: Optional[Callable[[str], Any]] = None,
+                 invite_cookies: Optional[LoginCookies] = None,
+                 send_to_agent: Optional[Callable[[str, dict[str, Any]], bool]] = None,
+                 tls_hash: Callable[[], str] = lambda: "",
+                 random: Callable[[int], bytes] = os.urandom) -> None:
         self.store = store
         self.bus = bus
         self.clock = clock
@@ -84,18 +94,40 @@ class RelayServer:
         extra = {} if lonely_seconds is None else {"lonely_seconds": lonely_seconds}
         self.table = RelayTable(clock, on_start=self._started, on_end=self._ended,
                                 recorder_for=recorder_for, **extra)
+        # Guests of sharing links: only when the server can reach agents.
+        self.guests: Optional[GuestAdmission] = None
+        if invite_cookies is not None and send_to_agent is not None:
+            self.guests = GuestAdmission(store=store, clock=clock, invite_cookies=invite_cookies,
+                                         cookies=cookies, send_to_agent=send_to_agent,
+                                         tls_hash=tls_hash, random=random)
+        self._shares_watch = bus.subscribe(["server-shareremove"], self._share_event)
 
     @classmethod
     def from_hub(cls, hub: Any, **kwargs: Any) -> "RelayServer":
-        """A relay that authenticates like the control channel ``hub``."""
+        """A relay that authenticates like the control channel ``hub`` and reaches its
+        agents (for guests of sharing links)."""
         return cls(store=hub.store, bus=hub.bus, clock=hub.clock, auth=hub.auth,
-                   cookies=hub.cookies, **kwargs)
+                   cookies=hub.cookies, invite_cookies=hub.invite_cookies,
+                   send_to_agent=hub.send_to_agent,
+                   tls_hash=lambda: str(hub.server_info().get("tlshash", "")),
+                   random=hub.random, **kwargs)
+
+    def _share_event(self, event: dict[str, Any]) -> None:
+        public = event.get("publicid")
+        if event.get("action") == "removedDeviceShare" and isinstance(public, str):
+            closed = self.table.close_share(public)
+            if closed:
+                self._log.info("share {share_id} removed: {count} guest session(s) closed",
+                               share_id=public, count=closed)
 
     # -- identity -------------------------------------------------------------------------
 
     async def identify(self, headers: dict[str, str], params: dict[str, list[str]],
                        address: str) -> SideInfo:
         """The side an upgrade request describes; raises :class:`Refused`."""
+        share_cookie = _first(params, "c")
+        if share_cookie is not None:
+            return await self._guest(share_cookie, params, address)
         relay_id = _first(params, "id")
         if not relay_id or len(relay_id) > MAX_ID:
             raise Refused("no relay id")
@@ -105,6 +137,7 @@ class RelayServer:
             raise Refused("bad nodeid")
         user_id: Optional[str] = None
         user_name: Optional[str] = None
+        share_id: Optional[str] = None
         authenticated = nouser = False
         result = await self.auth.upgrade(headers, params, address)
         if result.user is not None:
@@ -127,6 +160,8 @@ class RelayServer:
                 raise Refused("relay cookie without a user")
             if protocol is None:
                 protocol = _protocol(payload.get("p"))
+            if isinstance(payload.get("pid"), str):
+                share_id = payload["pid"]  # the agent side of a guest's session
         if authenticated and node_id is not None:
             assert result.user is not None
             if not await self._may_relay(result.user, node_id):
@@ -134,7 +169,20 @@ class RelayServer:
         return SideInfo(relay_id=relay_id, user_id=user_id, user_name=user_name,
                         authenticated=authenticated, nouser=nouser, protocol=protocol,
                         node_id=node_id, browser=_first(params, "browser") == "1",
-                        address=address)
+                        address=address, share_id=share_id)
+
+    async def _guest(self, cookie: str, params: dict[str, list[str]], address: str
+                     ) -> SideInfo:
+        if self.guests is None:
+            raise Refused("guest links are not served here")
+        node_id = _first(params, "nodeid")
+        if node_id is not None and not 1 <= len(node_id) <= 1024:
+            raise Refused("bad nodeid")
+        try:
+            return await self.guests.admit(cookie, _protocol(_first(params, "p")), node_id,
+                                           address)
+        except GuestRefused as e:
+            raise Refused(f"guest: {e}") from None
 
     async def _may_relay(self, user: dict[str, Any], node_id: str) -> bool:
         node = await self.store.get(node_id)
@@ -176,12 +224,15 @@ class RelayServer:
         if side is None or side.info.user_id is None:
             return
         text, msgid = start_text(relay.protocol)
-        self._publish(["*", side.info.user_id], {
+        event = {
             "etype": "relay", "action": "relaylog", "domain": "", "userid": side.info.user_id,
             "username": side.info.user_name, "msgid": msgid,
             "msgArgs": [relay.relay_id, first, second],
             "msg": f'{text} "{relay.relay_id}" from {first} to {second}',
-            "protocol": relay.protocol, "nodeid": relay.node_id})
+            "protocol": relay.protocol, "nodeid": relay.node_id}
+        if relay.guest_name is not None:
+            event["guestname"] = relay.guest_name
+        self._publish(["*", side.info.user_id], event)
 
     def _ended(self, relay: Relay) -> None:
         side = relay.user_side
@@ -195,12 +246,15 @@ class RelayServer:
         if side is None or side.info.user_id is None:
             return
         text, msgid = end_text(relay.protocol)
-        self._publish(["*", side.info.user_id, relay.node_id or ""], {
+        event = {
             "etype": "relay", "action": "relaylog", "domain": "", "userid": side.info.user_id,
             "username": side.info.user_name, "msgid": msgid,
             "msgArgs": [relay.relay_id, first, second, seconds],
             "msg": f'{text} "{relay.relay_id}" from {first} to {second}, {seconds} second(s)',
             "protocol": relay.protocol, "nodeid": relay.node_id, "duration": seconds,
-            "bytesin": bytes_in, "bytesout": bytes_out})
+            "bytesin": bytes_in, "bytesout": bytes_out}
+        if relay.guest_name is not None:
+            event["guestname"] = relay.guest_name
+        self._publish(["*", side.info.user_id, relay.node_id or ""], event)
 
 

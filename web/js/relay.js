@@ -8,6 +8,10 @@
 //      p=..&nodeid=..&id=..&rauth=<rcookie>"} asks the agent to dial the same relay id;
 //   4. the relay answers the text "c" (or "cr": the session is recorded) once paired.
 //
+// A guest of a device-sharing link (the page /sharing?c=…) has no control channel: it
+// joins /meshrelay.ashx?browser=1&p=<protocol>&c=<the link's cookie> and the server itself
+// picks the relay id and asks the agent to dial it (option `guestCookie`).
+//
 // After that, frames go both ways unchanged: the protocol modules (terminal.js, files.js)
 // speak on top.  Frames carrying {"ctrlChannel":"102938",...} are control frames of the
 // tunnel itself.  The WebSocket comes from an injected factory `(url) => WebSocket-like`.
@@ -38,9 +42,10 @@ export function randomRelayId(random = globalThis.crypto) {
 
 export class RelayTunnel {
   // client: the ControlClient; base: "wss://host" (relayBase(location));
-  // protocol: 1 terminal, 5 files; timeoutMs: how long the agent may take to join.
+  // protocol: 1 terminal, 5 files; timeoutMs: how long the agent may take to join;
+  // guestCookie: a sharing link's cookie, used instead of the control channel.
   constructor({ client, createWebSocket, base, nodeid, protocol, randomId = randomRelayId,
-                timers = globalThis, timeoutMs = 30000 }) {
+                timers = globalThis, timeoutMs = 30000, guestCookie = null }) {
     if (typeof createWebSocket !== "function") throw new TypeError("createWebSocket is required");
     this.client = client;
     this._create = createWebSocket;
@@ -50,6 +55,7 @@ export class RelayTunnel {
     this._randomId = randomId;
     this._timers = timers;
     this._timeoutMs = timeoutMs;
+    this.guestCookie = guestCookie;
     this.state = "idle";
     this.recorded = false;
     this.socket = null;
@@ -63,6 +69,11 @@ export class RelayTunnel {
   async open() {
     if (this.state !== "idle") throw new RelayError("This tunnel was already used");
     this.state = "connecting";
+    const q = encodeURIComponent;
+    if (this.guestCookie) {
+      return this._join(`${this.base}/meshrelay.ashx?browser=1&p=${this.protocol}` +
+        `&c=${q(this.guestCookie)}`, null);
+    }
     let cookies;
     try {
       cookies = await this.client.request("authcookie", {}, { untagged: true,
@@ -73,9 +84,14 @@ export class RelayTunnel {
     }
     if (this.state !== "connecting") throw new RelayError(this.closeReason || "Closed");
     const id = this._randomId();
-    const q = encodeURIComponent;
     const url = `${this.base}/meshrelay.ashx?browser=1&p=${this.protocol}` +
       `&nodeid=${q(this.nodeid)}&id=${q(id)}&auth=${q(cookies.cookie)}`;
+    return this._join(url, { id, rcookie: cookies.rcookie });
+  }
+
+  // Open the relay socket; `ask` ({id, rcookie}): then ask the agent over the control
+  // channel to dial the same id (null: the server does it, for guests).
+  _join(url, ask) {
     return new Promise((resolve, reject) => {
       let settled = false;
       const fail = (reason) => {
@@ -98,11 +114,12 @@ export class RelayTunnel {
       this.socket = socket;
       socket.binaryType = "arraybuffer";
       socket.onopen = async () => {
+        if (!ask) return;
         try {
           const reply = await this.client.request("msg", {
             type: "tunnel", nodeid: this.nodeid, usage: this.protocol,
-            value: `*/meshrelay.ashx?p=${this.protocol}&nodeid=${this.nodeid}&id=${id}` +
-              `&rauth=${cookies.rcookie}`,
+            value: `*/meshrelay.ashx?p=${this.protocol}&nodeid=${this.nodeid}&id=${ask.id}` +
+              `&rauth=${ask.rcookie}`,
           });
           if (!/^ok$/i.test(String(reply.result))) {
             fail(reply.result === "Unable to route" ? "The device is not connected"
@@ -114,8 +131,11 @@ export class RelayTunnel {
       };
       socket.onmessage = (message) => this._receive(message.data);
       socket.onclose = (event) => {
-        const reason = this.state === "connecting" ? "The relay closed before the device joined"
-          : "Disconnected";
+        let reason = "Disconnected";
+        if (this.state === "connecting") {
+          reason = ask ? "The relay closed before the device joined"
+            : "The link is not valid now, or the device is not connected";
+        }
         fail(event?.reason || reason);
       };
       socket.onerror = () => {};

@@ -252,3 +252,38 @@ test("paths and names", () => {
   assert.ok(validName("a b.txt"));
   for (const bad of ["", ".", "..", "a/b", "a\0"]) assert.ok(!validName(bad), bad);
 });
+
+test("a guest tunnel joins with the sharing link's cookie alone", async () => {
+  const sockets = [];
+  const timers = new FakeTimers();
+  const tunnel = new RelayTunnel({ client: null, base: "wss://h:1", nodeid: "node//a$b",
+    protocol: 5, timers, guestCookie: "S/+$", createWebSocket: (url) => {
+      const socket = new RelaySocket(url);
+      sockets.push(socket);
+      return socket;
+    } });
+  const opened = tunnel.open();
+  await tick();
+  const [socket] = sockets;
+  assert.equal(socket.url, "wss://h:1/meshrelay.ashx?browser=1&p=5&c=S%2F%2B%24");
+  socket.open();  // no control channel: nothing is asked of anybody
+  await tick();
+  assert.deepEqual(socket.sent, []);
+  socket.receive("c");
+  assert.equal(await opened, tunnel);
+  assert.equal(tunnel.state, "open");
+});
+
+test("a refused guest tunnel says the link or the device is the problem", async () => {
+  const sockets = [];
+  const tunnel = new RelayTunnel({ client: null, base: "wss://h:1", nodeid: "x", protocol: 1,
+    timers: new FakeTimers(), guestCookie: "S", createWebSocket: (url) => {
+      const socket = new RelaySocket(url);
+      sockets.push(socket);
+      return socket;
+    } });
+  const opened = tunnel.open();
+  await tick();
+  sockets[0].drop();
+  await assert.rejects(opened, /link is not valid now, or the device is not connected/);
+});

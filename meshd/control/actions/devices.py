@@ -40,10 +40,8 @@ from meshd.control.rights import (
     MESHRIGHT_ADMIN,
     MESHRIGHT_AGENTCONSOLE,
     MESHRIGHT_CHATNOTIFY,
-    MESHRIGHT_DESKLIMITEDINPUT,
     MESHRIGHT_DEVICEDETAILS,
     MESHRIGHT_EDITMESH,
-    MESHRIGHT_GUESTSHARING,
     MESHRIGHT_MANAGECOMPUTERS,
     MESHRIGHT_MANAGEUSERS,
     MESHRIGHT_REMOTECOMMAND,
@@ -871,80 +869,6 @@ async def wakedevices(call: Call) -> None:
 async def webrelay(call: Call) -> None:
     """``{nodeid, port, appid}`` → ``WebRelay Disabled`` (MeshCentral 1.1.55 crashes here)."""
     call.respond(result="WebRelay Disabled")
-
-
-# -- guest sharing ---------------------------------------------------------------------------
-
-async def _share_node(call: Call) -> tuple[Optional[Document], Optional[Document], str]:
-    """(node, group, error) for the sharing actions: remote control and sharing rights."""
-    node_id = call.command.get("nodeid")
-    if not valid_str(node_id, 8, 128):
-        return None, None, "Invalid node id"
-    node_id = full_id("node", node_id)
-    if not in_domain(node_id, "node"):
-        return None, None, "Invalid domain"
-    access = await call.access()
-    node, mesh, rights = await node_with_rights(call.store, access, node_id)
-    if node is None:
-        return None, None, "Invalid node id"
-    if rights != MESHRIGHT_ADMIN and (
-            not rights & MESHRIGHT_REMOTECONTROL or rights & MESHRIGHT_DESKLIMITEDINPUT
-            or not rights & MESHRIGHT_GUESTSHARING):
-        return None, None, "Access denied"
-    return node, mesh, ""
-
-
-async def _live_shares(call: Call, node_id: str) -> list[Document]:
-    now_ms = call.hub.now() * 1000
-    shares = []
-    for share in await call.store.find_by_node("deviceshare", [node_id], DOMAIN):
-        expire = share.get("expireTime")
-        if isinstance(expire, (int, float)) and expire < now_ms:
-            await call.store.remove(share["_id"])
-        else:
-            shares.append(share)
-    return shares
-
-
-async def device_shares(call: Call) -> None:
-    """``{nodeid}`` → ``{action, nodeid, deviceShares:[…]}`` (links of others lose ``url``)."""
-    node, _mesh, error = await _share_node(call)
-    if node is None:
-        return call.result(error)
-    shown = []
-    for share in await _live_shares(call, node["_id"]):
-        view = {k: v for k, v in share.items()
-                if k not in ("_id", "domain", "nodeid", "type", "xmeshid")}
-        if view.get("userid") != call.user_id:
-            view.pop("url", None)
-        shown.append(view)
-    call.send({"action": "deviceShares", "nodeid": node["_id"], "deviceShares": shown})
-
-
-async def remove_device_share(call: Call) -> None:
-    """``{nodeid, publicid}`` → ``{…, removed}`` then ``OK`` or
-    ``Invalid device share identifier.``"""
-    if not valid_str(call.command.get("publicid"), 1, 128):
-        return call.result("Invalid public id")
-    node, mesh, error = await _share_node(call)
-    if node is None:
-        return call.result(error)
-    public_id = call.command["publicid"]
-    removed = None
-    for share in await _live_shares(call, node["_id"]):
-        if share.get("publicid") == public_id:
-            await call.store.remove(share["_id"])
-            removed = share
-    if call.responseid is not None:
-        call.send({"action": "removeDeviceShare", "responseid": call.responseid,
-                   "nodeid": node["_id"], "publicid": public_id, "removed": removed})
-    if removed is None:
-        return call.result("Invalid device share identifier.")
-    call.publish(node_targets(node, mesh, ["server-users", "server-shareremove", call.user_id]), {
-        "etype": "node", **call.actor(), "nodeid": node["_id"], "action": "removedDeviceShare",
-        "msg": "Removed Device Share", "msgid": 102, "msgArgs": [removed.get("guestName")],
-        "publicid": public_id})
-    call.result("OK")
 
 
 async def invite_agent(call: Call) -> None:

@@ -86,10 +86,12 @@ class Transfer {
 
 // The files tab of a device: browse, upload, download, new folder, rename, delete.
 export class FilesPanel {
-  constructor({ client, createWebSocket, relayBase, toasts }) {
+  // guestCookie: a sharing link's cookie (the guest page), instead of the control channel.
+  constructor({ client, createWebSocket, relayBase, toasts, guestCookie = null }) {
     this.client = client;
     this.createWebSocket = createWebSocket;
     this.relayBase = relayBase;
+    this.guestCookie = guestCookie;
     this.toasts = toasts;
     this.nodeid = null;
     this.session = null;
@@ -183,7 +185,7 @@ export class FilesPanel {
     if (this.connecting) return this.connecting;
     const nodeid = this.nodeid;
     const tunnel = new RelayTunnel({ client: this.client, createWebSocket: this.createWebSocket,
-      base: this.relayBase, nodeid, protocol: 5 });
+      base: this.relayBase, nodeid, protocol: 5, guestCookie: this.guestCookie });
     tunnel.onclose = (reason) => {
       if (this.session !== session) return;
       this.session = null;

@@ -31,10 +31,12 @@ function theme() {
 
 // The terminal tab of a device: one shell through the relay, in xterm.js.
 export class TerminalPanel {
-  constructor({ client, createWebSocket, relayBase }) {
+  // guestCookie: a sharing link's cookie (the guest page), instead of the control channel.
+  constructor({ client, createWebSocket, relayBase, guestCookie = null }) {
     this.client = client;
     this.createWebSocket = createWebSocket;
     this.relayBase = relayBase;
+    this.guestCookie = guestCookie;
     this.nodeid = null;
     this.session = null;
     this.term = null;
@@ -116,7 +118,7 @@ export class TerminalPanel {
     if (nodeid !== this.nodeid || !this.wanted) return;
     this._fit();
     const tunnel = new RelayTunnel({ client: this.client, createWebSocket: this.createWebSocket,
-      base: this.relayBase, nodeid, protocol: 1 });
+      base: this.relayBase, nodeid, protocol: 1, guestCookie: this.guestCookie });
     const session = new TerminalSession(tunnel);
     this.session = session;
     this._setState("connecting");
