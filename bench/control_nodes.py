@@ -3,8 +3,10 @@
 One operation = what ``meshctrl listdevices`` costs the server: open TLS + WebSocket to
 ``/control.ashx`` with ``x-meshauth`` (password login), read the first frames
 (``serverinfo``, ``userinfo``), send ``{"action":"nodes"}`` and read the whole answer.
-Measured sequentially, then with 20 clients at once (each its own process, so the
-client's GIL is not what is measured); latencies per operation, p50 and p99.
+Measured sequentially, sequentially again with a device edited before each operation
+(so nothing kept from an earlier listing can be used), then with 20 clients at once
+(each its own process, so the client's GIL is not what is measured); latencies per
+operation, p50 and p99.
 
     python bench/control_nodes.py --meshd           # start meshd, fill it, measure
     python bench/control_nodes.py --meshcentral     # the same against MeshCentral 1.1.55
@@ -106,11 +108,33 @@ def create_group(port: int, user: str, password: str) -> str:
             return mesh_id
 
 
+def after_a_change(port: int, user: str, password: str, count: int) -> list[float]:
+    """Sequential operations, each right after a device was edited (``changedevice``
+    over a second connection, answered before the operation starts, not timed): no
+    server can answer from a listing it kept."""
+    side = Client(port, meshauth(user, password))
+    side.until(b"userinfo")
+    side.send_json({"action": "nodes", "responseid": "n"})
+    listing = json.loads(side.until(b"nodes"))["nodes"]
+    node_id = next(node["_id"] for nodes in listing.values() for node in nodes)
+    times = []
+    for n in range(count):
+        side.send_json({"action": "changedevice", "nodeid": node_id, "desc": f"edit {n}",
+                        "responseid": f"c{n}"})
+        marker = f'"responseid":"c{n}"'.encode()
+        while marker not in side.text():
+            pass
+        times.append(login_and_nodes(port, user, password)[0])
+    side.close()
+    return times
+
+
 def measure(name: str, port: int, user: str, password: str, sequential: int,
             concurrent: int, per_client: int) -> dict[str, Any]:
     login_and_nodes(port, user, password)  # warm up
     seq = [login_and_nodes(port, user, password)[0] for _ in range(sequential)]
     size = login_and_nodes(port, user, password)[1]
+    changed = after_a_change(port, user, password, sequential)
     start_at = time.time() + 2.0
     with ProcessPoolExecutor(concurrent) as pool:
         runs = list(pool.map(_worker, [(port, user, password, per_client, start_at)]
@@ -119,6 +143,8 @@ def measure(name: str, port: int, user: str, password: str, sequential: int,
     result = {"server": name, "answer_bytes": size,
               "sequential_p50_ms": round(statistics.median(seq) * 1000, 1),
               "sequential_p99_ms": round(percentile(seq, 0.99) * 1000, 1),
+              "after_change_p50_ms": round(statistics.median(changed) * 1000, 1),
+              "after_change_p99_ms": round(percentile(changed, 0.99) * 1000, 1),
               "concurrent": concurrent,
               "concurrent_p50_ms": round(statistics.median(conc) * 1000, 1),
               "concurrent_p99_ms": round(percentile(conc, 0.99) * 1000, 1)}
