@@ -211,13 +211,8 @@ def from_json(text: str) -> Any:
     orjson refuses (NaN, lone surrogates), or with numbers of 19 digits or more (orjson
     turns integers beyond 64 bits into floats), goes to :mod:`json`.
     """
-    if _orjson is not None and not _LONG_NUMBER.search(text):
-        try:
-            value = _orjson.loads(text)
-        except _orjson.JSONDecodeError:
-            pass
-        else:
-            return _restore_dates(value) if _DATE_MARK in text else value
+    if not _LONG_NUMBER.search(text):
+        return from_stored_json(text)
     return json.loads(text, object_hook=_json_object_hook)
 
 
