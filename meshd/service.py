@@ -267,12 +267,20 @@ class MeshdService(MultiService):
             raise SystemExit(1) from None
 
 
+#: Pending connections the kernel queues per listener (it caps this at somaxconn).
+#: Twisted's default of 50 drops connection attempts when a thousand agents or Intel AMT
+#: devices reconnect at once (after a restart): each dropped one retries only after 1, 3,
+#: 7, 15... seconds.  Node.js (MeshCentral) queues 511.
+LISTEN_BACKLOG = 1024
+
+
 def _endpoint(reactor: Any, port: int, bind: str, context: Optional[Any]) -> IStreamServerEndpoint:
     if context is not None:
-        return SSL4ServerEndpoint(reactor, port, context, interface=bind)
+        return SSL4ServerEndpoint(reactor, port, context, backlog=LISTEN_BACKLOG,
+                                  interface=bind)
     if ":" in bind:
-        return TCP6ServerEndpoint(reactor, port, interface=bind)
-    return TCP4ServerEndpoint(reactor, port, interface=bind)
+        return TCP6ServerEndpoint(reactor, port, backlog=LISTEN_BACKLOG, interface=bind)
+    return TCP4ServerEndpoint(reactor, port, backlog=LISTEN_BACKLOG, interface=bind)
 
 
 def store_knows_devices(config: Config, datapath: str) -> Optional[bool]:
@@ -443,10 +451,12 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
                       web_sessions=sessions, limiter=auth.limiter, run_blocking=workers.run,
                       clock=reactor, server_warnings=[f"Configuration: {warning}"
                                                       for warning in config.warnings])
+    # Session recording (domains.<d>.sessionRecording): one recorder per domain, shared by
+    # the agent relay and the Intel AMT web relay.
+    recorder_for = recorders_from_config(config.domains, datapath, reactor.seconds, store)
     # One relay table for every domain's /[domain/]meshrelay.ashx; it logs users in as
     # the control channel does.
-    relay = relay_resource(RelayServer.from_hub(hub, recorder_for=recorders_from_config(
-        config.domains, datapath, reactor.seconds, store)), reactor)
+    relay = relay_resource(RelayServer.from_hub(hub, recorder_for=recorder_for), reactor)
 
     def agent_paths(domain: str, manager: AgentManager) -> dict[bytes, Any]:
         """What agents and their installers use, for one domain."""
@@ -475,7 +485,7 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
     # log in as on the control channel).
     def webrelay(domain: str) -> Any:
         return webrelay_resource(store=store, mps=mps, bus=bus, authenticator=hub.auth,
-                                 clock=reactor, domain=domain)
+                                 clock=reactor, domain=domain, recorder=recorder_for(domain))
 
     for domain_key, folder in domain_folders.items():
         folder.putChild(b"webrelay.ashx", webrelay(domain_key.decode("utf-8")))

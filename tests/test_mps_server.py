@@ -22,7 +22,9 @@ class MpsServerTests(TestCase):
 
     async def test_device_login_presence_and_stats(self) -> None:
         """A device with its group's CIRA credentials logs in over TLS to the MPS port, is
-        recorded as a device, and /health counts it; a wrong password is refused."""
+        recorded as a device, and /health counts it; a wrong password and an unknown
+        group's user are refused, and /health shows every counter the issue names
+        (connections, auth failures, unknown groups, channels, timeouts)."""
         datapath = fresh_datapath()
         server = ServerProcess(datapath).start()
         self.addCleanup(server.stop)
@@ -44,6 +46,11 @@ class MpsServerTests(TestCase):
                              CiraDevice(user, b"wrong-password!!"), client_context(False))
         with self.assertRaises(LoginRefused):
             await bad.ready
+        stranger = connect_device(reactor, "127.0.0.1", server.mpsport,
+                                  CiraDevice("NoSuchGroupXXXXX", password.encode()),
+                                  client_context(False))
+        with self.assertRaises(LoginRefused):
+            await stranger.ready
 
         device = connect_device(reactor, "127.0.0.1", server.mpsport,
                                 CiraDevice(user, password.encode()), client_context(False))
@@ -61,6 +68,13 @@ class MpsServerTests(TestCase):
         conn.request("GET", "/health")
         health = json.loads(conn.getresponse().read())
         conn.close()
-        self.assertEqual(health["mps"]["devices"], 1)
-        self.assertGreaterEqual(health["mps"]["badPasswords"] + health["mps"]["authFailures"], 1)
+        mps = health["mps"]
+        self.assertEqual(mps["devices"], 1)
+        self.assertGreaterEqual(mps["connections"], 1)
+        self.assertGreaterEqual(mps["connectionsTotal"], 3)
+        self.assertEqual((mps["badPasswords"], mps["unknownGroups"], mps["authFailures"],
+                          mps["authSuccesses"]), (1, 1, 2, 1))
+        for key in ("timeouts", "channelsOpened", "channelsConfirmed", "channelsFailed",
+                    "channelsClosed", "channelsRefused", "channelsOpen"):
+            self.assertEqual(mps[key], 0, key)
         await device.close()

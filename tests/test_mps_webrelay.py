@@ -1,5 +1,6 @@
-"""/webrelay.ashx: admission and rights, the relay session's closes, and the whole path
-browser WebSocket -> meshd -> CIRA channel -> simulated AMT device against the real server."""
+"""/webrelay.ashx: admission and rights, the relay session's closes, session recording, and
+the whole path browser WebSocket -> meshd -> CIRA channel -> simulated AMT device against the
+real server (with and without recording)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from meshd.accounts import Accounts
 from meshd.agent import identity
 from meshd.control.auth import Authenticator
 from meshd.control.cookies import LoginCookies
+from meshd.config import SessionRecording
 from meshd.control.rights import MESHRIGHT_AGENTCONSOLE, MESHRIGHT_REMOTECONTROL
 from meshd.events import LocalEventBus
 from meshd.mps.channels import ChannelOpenError, NotConnected
@@ -30,6 +32,7 @@ from meshd.mps.webrelay import (
     CLOSE_NO_PORT,
     CLOSE_NOT_CONNECTED,
     CLOSE_REFUSED,
+    RECORDING_NOTICE,
     Admission,
     Refused,
     RelaySession,
@@ -37,6 +40,8 @@ from meshd.mps.webrelay import (
     choose_port,
     webrelay_resource,
 )
+from meshd.relay.recorder import Recorder
+from meshd.relay.recording import read_recording
 from meshd.store.memory import MemoryStore
 from tests.cira_client import (
     CiraDevice,
@@ -126,7 +131,8 @@ class FakeSide:
 class World:
     """An in-memory store with a user, an Intel AMT group and one CIRA device."""
 
-    def __init__(self, mps: Any, rights: Optional[int]) -> None:
+    def __init__(self, mps: Any, rights: Optional[int],
+                 recording: Optional[tuple[SessionRecording, str]] = None) -> None:
         self.store = MemoryStore()
         self.store.open()
         self.clock = Clock()
@@ -150,16 +156,18 @@ class World:
         self.accounts = Accounts(self.store, now=self.clock.seconds, run_blocking=run_blocking)
         self.run_blocking = run_blocking
         self.mps = mps
+        self.recorder = None if recording is None else Recorder(
+            recording[0], recording[1], domain="", now=self.clock.seconds, store=self.store)
         self.relay = WebRelay(
-            store=self.store, mps=mps, bus=self.bus, clock=self.clock,
+            store=self.store, mps=mps, bus=self.bus, clock=self.clock, recorder=self.recorder,
             authenticator=Authenticator(store=self.store, accounts=self.accounts,
                                         web_sessions=None,
                                         cookies=LoginCookies(self.store, self.clock.seconds),
                                         now=self.clock.seconds, run_blocking=run_blocking))
 
-    async def admit(self, node: str = NODE, **headers: str) -> Admission:
+    async def admit(self, node: str = NODE, protocol: str = "1", **headers: str) -> Admission:
         return await self.relay.admit(headers or _meshauth("alice", PASSWORD),
-                                      {"host": [node], "p": ["1"]}, "127.0.0.1")
+                                      {"host": [node], "p": [protocol]}, "127.0.0.1")
 
 
 class AdmissionTests(TestCase):
@@ -335,6 +343,96 @@ class RelayPipeTests(TestCase):
         self.assertEqual(side.sent, [])
 
 
+class RecordingTests(TestCase):
+    """Recording through the relay's recorder, with a fake channel and a real folder."""
+
+    async def _record(self, policy: SessionRecording, protocol: str = "1",
+                   port: int = 16992) -> tuple[World, FakeSide, str]:
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        folder = self.mktemp()
+        mps = FakeMps(FakeConnection(frozenset({16992, 16994})))
+        channel = FakeChannel()
+        channel.port = port
+        mps.open_channel = lambda node_id, port: defer.succeed(channel)  # type: ignore
+        world = World(mps, MESHRIGHT_REMOTECONTROL, (policy, folder))
+        side = FakeSide()
+        session = RelaySession(world.relay, await world.admit(protocol=protocol), side)
+        session.message(b"early")  # held until the channel is ready, then recorded
+        session.start()
+        world.clock.advance(2)
+        session.message(b"POST /wsman")
+        channel.protocol.dataReceived(b"HTTP/1.1 200 OK")
+        world.clock.advance(3)
+        channel.protocol.connectionLost(Failure(ConnectionDone()))
+        return world, side, folder
+
+    async def test_wsman_recorded_both_ways_and_indexed(self) -> None:
+        """A WSMAN session is written as a .mcrec file that parses back with MeshCentral's
+        web relay metadata (protocol 100, intelamt, device name, both addresses), the
+        browser's bytes flagged binary from the user and the device's binary from the
+        device, an end record, and an index record in the store."""
+        world, side, folder = await self._record(SessionRecording(protocols=(100,)))
+        [name] = os.listdir(folder)
+        self.assertTrue(name.startswith("relaysession-2023-11-14-22-13-20-alice-amt1-"), name)
+        with open(os.path.join(folder, name), "rb") as f:
+            metadata, records, ended = read_recording(f.read())
+        self.assertTrue(ended)
+        self.assertEqual((metadata["protocol"], metadata["intelamt"], metadata["userid"],
+                          metadata["username"], metadata["nodeid"], metadata["devicename"],
+                          metadata["ipaddr1"], metadata["ipaddr2"]),
+                         (100, True, "user//alice", "alice", NODE, "amt1", "127.0.0.1",
+                          "192.0.2.7"))
+        self.assertEqual([(r.payload, r.binary, r.from_user) for r in records],
+                         [(b"early", True, True), (b"POST /wsman", True, True),
+                          (b"HTTP/1.1 200 OK", True, False)])
+        self.assertEqual(side.sent, [b"HTTP/1.1 200 OK"])  # no notice for WSMAN
+        [index] = self.successResultOf(world.store.find_by_type("recording"))
+        self.assertEqual((index["file"], index["protocol"], index["userid"], index["nodeid"],
+                          index["end"] - index["start"]),
+                         (name, 100, "user//alice", NODE, 5000))
+        self.assertEqual(index["size"], os.stat(os.path.join(folder, name)).st_size)
+
+    async def test_redirection_notice(self) -> None:
+        """A recorded redirection session (protocol 101) tells the browser with 0xF0
+        before any device byte, and the notice itself is not in the recording."""
+        world, side, folder = await self._record(SessionRecording(), protocol="2", port=16994)
+        self.assertEqual(side.sent, [RECORDING_NOTICE, b"HTTP/1.1 200 OK"])
+        [name] = os.listdir(folder)
+        with open(os.path.join(folder, name), "rb") as f:
+            metadata, records, _ = read_recording(f.read())
+        self.assertEqual(metadata["protocol"], 101)
+        self.assertNotIn(RECORDING_NOTICE, [r.payload for r in records])
+
+    async def test_protocol_not_listed(self) -> None:
+        """A domain recording only redirection (101) writes nothing for a WSMAN session,
+        sends no notice and indexes nothing."""
+        world, side, folder = await self._record(SessionRecording(protocols=(101,)))
+        self.assertFalse(os.path.exists(folder))
+        self.assertEqual(side.sent, [b"HTTP/1.1 200 OK"])
+        self.assertEqual(self.successResultOf(world.store.find_by_type("recording")), [])
+
+    async def test_unwritable_folder_unrecorded(self) -> None:
+        """A recording folder that cannot be made leaves the session working, unrecorded."""
+        blocker = self.mktemp()
+        with open(blocker, "w") as f:
+            f.write("a file where the folder should be")
+        mps = FakeMps(FakeConnection(frozenset({16992})))
+        channel = FakeChannel()
+        mps.open_channel = lambda node_id, port: defer.succeed(channel)  # type: ignore
+        world = World(mps, MESHRIGHT_REMOTECONTROL,
+                      (SessionRecording(), os.path.join(blocker, "recordings")))
+        side = FakeSide()
+        session = RelaySession(world.relay, await world.admit(), side)
+        session.start()
+        session.message(b"POST")
+        self.assertEqual(channel.written, [b"POST"])
+        self.assertIsNone(session.recording)
+        session.websocket_closed()
+        self.assertTrue(channel.closed)
+
+
 # --- end to end against the real server ------------------------------------------------------
 
 
@@ -406,7 +504,7 @@ class RelayClient(WebSocketClientProtocol):
         self.factory.closed.callback((code, reason))
 
 
-def relay_client(port: int, root_pem: bytes, path: str, cookie: str) -> WebSocketClientFactory:
+def relay_client(port: int, root_pem: bytes, path: str, cookie: str) -> Any:
     factory = WebSocketClientFactory(f"wss://127.0.0.1:{port}{path}",
                                      headers={"Cookie": f"xid={cookie}"})
     factory.protocol = RelayClient
@@ -427,6 +525,101 @@ def wsman_post(body: bytes) -> bytes:
             b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
 
 
+class AmtServer:
+    """A started meshd with an administrator, an Intel AMT-only group with CIRA credentials
+    from meshd-admin, and two simulated devices logged in over TLS: ``plain`` forwards
+    16992 and 16993 (WSMAN answered on 16992), ``secure`` forwards only 16993 (WSMAN
+    behind TLS inside the channel).  Everything is cleaned up by the test."""
+
+    def __init__(self, test: TestCase, config: Optional[dict[str, Any]] = None) -> None:
+        self.test = test
+        self.config = config
+        self.datapath = ""
+        self.cookie = ""
+        self.root_pem = b""
+        self.node_ids: dict[str, str] = {}
+
+    async def start(self) -> "AmtServer":
+        import json
+
+        from meshd.store.sqlite import SQLiteStore
+        from tests.server import ServerProcess, fresh_datapath
+        from tests.test_login import admin, login
+        from tests.test_meshagent import eventually
+
+        test = self.test
+        datapath = self.datapath = fresh_datapath()
+        extra: list[str] = []
+        if self.config is not None:
+            with open(datapath + ".json", "w") as config_file:
+                json.dump(self.config, config_file)
+            extra = ["--config", datapath + ".json"]
+        server = self.server = ServerProcess(datapath, extra).start()
+        test.addCleanup(server.stop)
+        result = admin(datapath, "createaccount", "boss", "--pass", PASSWORD, "--siteadmin")
+        test.assertEqual(result.returncode, 0, result.stderr)
+        store = self.store = SQLiteStore(datapath, reactor)
+        await store.open()
+        test.addCleanup(store.close)
+        mesh_id = identity.mesh_id_to_str(os.urandom(48))
+        mesh_key = identity.mesh_key(mesh_id)
+        await store.set({"_id": mesh_key, "type": "mesh", "mtype": 1, "name": "amt",
+                         "domain": "", "links": {"user//boss": {"rights": 0xFFFFFFFF}}})
+        user = await store.get("user//boss")
+        assert user is not None
+        user.setdefault("links", {})[mesh_key] = {"rights": 0xFFFFFFFF}
+        await store.set(user)
+        result = admin(datapath, "ciracredentials", mesh_id)
+        test.assertEqual(result.returncode, 0, result.stderr)
+        lines = dict(line.split(" ", 2)[1:] for line in result.stdout.splitlines()[:2])
+
+        self.plain = CiraDevice(lines["user"], lines["password"].encode(),
+                                ports=(16992, 16993), services={16992: HttpResponder})
+        self.secure = CiraDevice(lines["user"], lines["password"].encode(), ports=(16993,),
+                                 services={16993: TlsHttpResponder})
+        for device in (self.plain, self.secure):
+            connect_device(reactor, "127.0.0.1", server.mpsport, device, client_context(False))
+            await device.ready
+            test.addCleanup(device.close)
+
+        async def nodes() -> Any:
+            found = await store.find_nodes_by_mesh([mesh_key])
+            return found if len(found) == 2 else None
+
+        found = await eventually(nodes, 30)
+        test.assertTrue(found)
+        self.node_ids = {n["intelamt"]["uuid"]: n["_id"] for n in found}
+        response = login(server, "boss", PASSWORD)
+        self.cookie = response.cookie() or ""
+        test.assertTrue(self.cookie, f"{response.status} {response.headers} {response.body}"
+                        f"\n{server.log()[-3000:]}")
+        with open(os.path.join(datapath, "root-cert-public.crt"), "rb") as f:
+            self.root_pem = f.read()
+        return self
+
+    def node_id(self, device: CiraDevice) -> str:
+        return str(self.node_ids[str(device.system_id)])
+
+    def client(self, device: CiraDevice, query: str = "&p=1") -> Any:
+        """A WebSocket to /webrelay.ashx for ``device`` (see :func:`relay_client`)."""
+        return relay_client(self.server.port, self.root_pem,
+                            f"/webrelay.ashx?host={quote(self.node_id(device), safe='')}"
+                            + query, self.cookie)
+
+    async def post(self, device: CiraDevice, body: bytes) -> tuple[bytes, DeviceChannel]:
+        """One WSMAN POST through the web relay; the WebSocket is closed afterwards and the
+        device has seen its channel close.  Returns the answer and the device's channel."""
+        client = self.client(device, "&p=1&tls=0")
+        protocol = await client.opened
+        protocol.sendMessage(wsman_post(body), isBinary=True)
+        answer: bytes = await client.answered
+        channel = device.channel_opened[-1]
+        protocol.sendClose(1000)
+        self.test.assertEqual((await client.closed)[0], 1000)
+        await channel.when_closed
+        return answer, channel
+
+
 class WebRelayEndToEndTests(TestCase):
     timeout = 120
 
@@ -434,77 +627,83 @@ class WebRelayEndToEndTests(TestCase):
         """A logged-in administrator's WebSocket reaches the device's WSMAN over CIRA: the
         POST arrives at the simulated device, its answer comes back on the WebSocket (plain
         16992, and 16993 with TLS inside the channel), and closing the WebSocket closes the
-        channel; a device that is not connected closes the WebSocket with 4001."""
-        from meshd.store.sqlite import SQLiteStore
-        from tests.server import ServerProcess, fresh_datapath
-        from tests.test_login import admin, login
+        channel (the MPS counters in /health count both channels opened, confirmed and
+        closed); with session recording off nothing is recorded; a device that is not
+        connected closes the WebSocket with 4001."""
+        import http.client
+        import json
+
         from tests.test_meshagent import eventually
 
-        datapath = fresh_datapath()
-        server = ServerProcess(datapath).start()
-        self.addCleanup(server.stop)
-        result = admin(datapath, "createaccount", "boss", "--pass", PASSWORD, "--siteadmin")
-        self.assertEqual(result.returncode, 0, result.stderr)
-        store = SQLiteStore(datapath, reactor)
-        await store.open()
-        self.addCleanup(store.close)
-        mesh_id = identity.mesh_id_to_str(os.urandom(48))
-        mesh_key = identity.mesh_key(mesh_id)
-        await store.set({"_id": mesh_key, "type": "mesh", "mtype": 1, "name": "amt",
-                         "domain": "", "links": {"user//boss": {"rights": 0xFFFFFFFF}}})
-        user = await store.get("user//boss")
-        user.setdefault("links", {})[mesh_key] = {"rights": 0xFFFFFFFF}
-        await store.set(user)
-        result = admin(datapath, "ciracredentials", mesh_id)
-        self.assertEqual(result.returncode, 0, result.stderr)
-        lines = dict(line.split(" ", 2)[1:] for line in result.stdout.splitlines()[:2])
-
-        plain = CiraDevice(lines["user"], lines["password"].encode(), ports=(16992, 16993),
-                           services={16992: HttpResponder})
-        secure = CiraDevice(lines["user"], lines["password"].encode(), ports=(16993,),
-                            services={16993: TlsHttpResponder})
-        for device in (plain, secure):
-            connect_device(reactor, "127.0.0.1", server.mpsport, device, client_context(False))
-            await device.ready
-            self.addCleanup(device.close)
-
-        async def nodes() -> Any:
-            found = await store.find_nodes_by_mesh([mesh_key])
-            return found if len(found) == 2 else None
-
-        found = await eventually(nodes, 30)
-        self.assertTrue(found)
-        by_uuid = {n["intelamt"]["uuid"]: n["_id"] for n in found}
-        cookie = login(server, "boss", PASSWORD).cookie()
-        self.assertTrue(cookie)
-        with open(os.path.join(datapath, "root-cert-public.crt"), "rb") as f:
-            root_pem = f.read()
-
-        for device, port in ((plain, 16992), (secure, 16993)):
-            node_id = by_uuid[str(device.system_id)]
-            client = relay_client(server.port, root_pem,
-                                  f"/webrelay.ashx?host={quote(node_id, safe='')}&p=1&tls=0",
-                                  cookie)
-            protocol = await client.opened
+        amt = await AmtServer(self).start()
+        for device, port in ((amt.plain, 16992), (amt.secure, 16993)):
             body = b"<Envelope>" + b"x" * 3000 + b"</Envelope>"
-            protocol.sendMessage(wsman_post(body), isBinary=True)
-            answer = await client.answered
+            answer, channel = await amt.post(device, body)
             self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK"), answer[:60])
             self.assertIn(b'request="POST /wsman HTTP/1.1" bytes="%d"' % len(body), answer)
-            [channel] = device.channel_opened
-            self.assertEqual(channel.port, port)
-            protocol.sendClose(1000)
-            self.assertEqual((await client.closed)[0], 1000)
-            await channel.when_closed
+            self.assertEqual([c.port for c in device.channel_opened], [port])
+        self.assertFalse(os.path.exists(os.path.join(amt.datapath, "recordings")))
+        self.assertEqual(await amt.store.find_by_type("recording"), [])
 
-        await plain.close()
-        node_id = by_uuid[str(plain.system_id)]
+        async def channels() -> Any:
+            conn = http.client.HTTPSConnection("127.0.0.1", amt.server.port,
+                                               context=amt.server.ssl_context(), timeout=10)
+            conn.request("GET", "/health")
+            mps = json.loads(conn.getresponse().read())["mps"]
+            conn.close()
+            counts = tuple(mps[key] for key in ("channelsOpened", "channelsConfirmed",
+                                                "channelsClosed", "channelsOpen"))
+            return counts if counts == (2, 2, 2, 0) else None
+
+        self.assertTrue(await eventually(channels, 10))
+
+        await amt.plain.close()
 
         async def gone() -> bool:
-            client = relay_client(server.port, root_pem,
-                                  f"/webrelay.ashx?host={quote(node_id, safe='')}&p=1", cookie)
+            client = amt.client(amt.plain)
             client.answered.addErrback(lambda failure: None)  # no answer is expected
             code, _ = await client.closed
             return code == CLOSE_NOT_CONNECTED
 
         self.assertTrue(await eventually(gone, 20))
+
+    async def test_wsman_sessions_recorded(self) -> None:
+        """With sessionRecording on for protocol 100, each WSMAN session over CIRA (plain
+        16992, and 16993 with TLS inside the channel) is written to the data folder's
+        recordings/ as a .mcrec file that parses back with the POST from the user side and
+        the device's answer from the device side (inside the TLS), ends properly and is
+        indexed in the store with its user, device, protocol, times and size."""
+        from tests.test_meshagent import eventually
+
+        amt = await AmtServer(self, {"domains": {"": {"sessionRecording": {
+            "protocols": [100]}}}}).start()
+        folder = os.path.join(amt.datapath, "recordings")
+        sessions = {}
+        for device in (amt.plain, amt.secure):
+            body = b"<Envelope>" + device.system_id.hex.encode() + b"</Envelope>"
+            answer, _ = await amt.post(device, body)
+            sessions[amt.node_id(device)] = (wsman_post(body), answer)
+
+        async def indexed() -> Any:
+            found = await amt.store.find_by_type("recording")
+            return found if len(found) == 2 else None
+
+        index = await eventually(indexed, 20)
+        self.assertTrue(index, amt.server.log()[-3000:])
+        self.assertEqual(sorted(os.listdir(folder)), sorted(doc["file"] for doc in index))
+        for doc in index:
+            path = os.path.join(folder, doc["file"])
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+            with open(path, "rb") as f:
+                data = f.read()
+            metadata, records, ended = read_recording(data)
+            self.assertTrue(ended)
+            sent, answer = sessions[doc["nodeid"]]
+            self.assertEqual((metadata["protocol"], metadata["intelamt"], metadata["userid"],
+                              metadata["nodeid"]), (100, True, "user//boss", doc["nodeid"]))
+            self.assertEqual(b"".join(r.payload for r in records if r.from_user), sent)
+            self.assertEqual(b"".join(r.payload for r in records if not r.from_user), answer)
+            self.assertTrue(all(r.binary for r in records))
+            self.assertEqual((doc["protocol"], doc["userid"], doc["size"]),
+                             (100, "user//boss", len(data)))
+            self.assertLessEqual(doc["start"], doc["end"])

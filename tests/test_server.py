@@ -326,3 +326,24 @@ class BindErrorTests(SynchronousTestCase):
                                   "ports below 1024 need root (twistd drops privileges after "
                                   "binding with --uid/--gid) or CAP_NET_BIND_SERVICE; or choose "
                                   "another port with --redirport")
+
+
+class ListenBacklogTests(SynchronousTestCase):
+    def test_listeners_queue_a_reconnect_storm(self) -> None:
+        """Every listener (TLS, TCP, TCP6) asks the kernel to queue LISTEN_BACKLOG pending
+        connections, not Twisted's 50, so a thousand devices reconnecting at once are not
+        dropped and left to retry seconds later."""
+        from twisted.internet.protocol import Factory, Protocol
+        from twisted.internet.testing import MemoryReactor
+
+        from meshd.service import LISTEN_BACKLOG, _endpoint
+
+        self.assertGreaterEqual(LISTEN_BACKLOG, 1000)
+        reactor = MemoryReactor()
+        factory = Factory.forProtocol(Protocol)
+        _endpoint(reactor, 4433, "127.0.0.1", object()).listen(factory)
+        _endpoint(reactor, 443, "127.0.0.1", None).listen(factory)
+        _endpoint(reactor, 80, "::1", None).listen(factory)
+        self.assertEqual([listen[3] for listen in reactor.sslServers], [LISTEN_BACKLOG])
+        self.assertEqual([listen[2] for listen in reactor.tcpServers],
+                         [LISTEN_BACKLOG, LISTEN_BACKLOG])

@@ -42,8 +42,22 @@ Events: ``relaylog`` "Started relay session" (msgid 13) when the channel is read
 "Ended relay session" (msgid 9, with the duration) when it ends, protocol 100 (WSMAN) or
 101 (redirection).  MeshCentral logs only redirection sessions because the web app opens
 a WSMAN socket per request burst; here WSMAN sessions are published too but ``nolog``
-(live sessions see them, the audit trail does not fill up).  Recording (``sessionrecording``)
-is not done yet (TODO issue 8).
+(live sessions see them, the audit trail does not fill up).
+
+Recording: when the domain's ``sessionRecording`` is on and lists protocol 100 (WSMAN) or
+101 (redirection), or lists none, the session is written to a ``.mcrec`` file by the
+relay's recorder (:mod:`meshd.relay.recorder`: same folder, file names, index records in
+the store and quotas as ``/meshrelay.ashx``).  The file is opened when the channel is
+ready (for TLS inside the channel: when the handshake is done); its metadata is
+MeshCentral's for these sessions (``protocol`` 100/101 as a number, ``intelamt: true``,
+``devicename``, the browser's address then the device's).  Every message is written before
+it is passed on: browser bytes with flags 3 (binary, user side), device bytes with flags
+1, the bytes inside the channel's TLS when there is one.  A recorded redirection session
+first gets the one-byte message ``0xF0`` that MeshCentral's redirection client takes as
+"the server is recording".  Where MeshCentral does worse: it writes these records without
+the binary flag, so its own player cannot replay an AMT redirection recording, and over
+TLS ports it records only the browser's side.  A file that cannot be opened leaves the
+session unrecorded, with a log line.
 """
 
 from __future__ import annotations
@@ -73,6 +87,7 @@ from meshd.control.auth import Authenticator
 from meshd.control.rights import MESHRIGHT_REMOTECONTROL, Access
 from meshd.events import IEventBus, publish_and_store
 from meshd.mps.channels import Channel, ChannelError, ChannelOpenError, NotConnected
+from meshd.relay.recorder import Recorder, RecordingFile
 from meshd.store.interface import Document, IStore
 
 __all__ = [
@@ -102,6 +117,10 @@ CLOSE_NOT_CONNECTED = 4001
 CLOSE_NO_PORT = 4002
 CLOSE_REFUSED = 4003
 CLOSE_TLS = 4004
+
+#: Sent to the browser first in a recorded redirection session (MeshCentral's
+#: amt-redir-ws client reads it as "the server is recording").
+RECORDING_NOTICE = b"\xf0"
 
 # OpenSSL option bits pyOpenSSL does not name (values from OpenSSL's ssl.h).
 _OP_ALLOW_UNSAFE_LEGACY_RENEGOTIATION = getattr(
@@ -192,7 +211,8 @@ class WebRelay:
 
     def __init__(self, *, store: IStore, mps: Any, bus: IEventBus, authenticator: Authenticator,
                  clock: Any, domain: str = "", now: Optional[Callable[[], float]] = None,
-                 random: Callable[[int], bytes] = os.urandom) -> None:
+                 random: Callable[[int], bytes] = os.urandom,
+                 recorder: Optional[Recorder] = None) -> None:
         self.store = store
         self.mps = mps
         self.bus = bus
@@ -201,6 +221,7 @@ class WebRelay:
         self.domain = domain
         self.now = now if now is not None else clock.seconds
         self.random = random
+        self.recorder = recorder  # the domain's sessionRecording, None when off
         self.sessions: set[RelaySession] = set()
 
     async def admit(self, headers: dict[str, str], params: dict[str, list[str]],
@@ -258,6 +279,38 @@ class WebRelay:
     def remote_address(self, admission: Admission) -> str:
         connection = self.mps.device(admission.node_id)
         return str(getattr(connection, "peer", "")) if connection is not None else ""
+
+    # -- recording --
+
+    def start_recording(self, session: "RelaySession") -> Optional[RecordingFile]:
+        """Open the session's recording if the domain records its protocol, else None."""
+        admission = session.admission
+        protocol = EVENT_PROTOCOL[admission.protocol]
+        user_id = str(admission.user["_id"])
+        if self.recorder is None or not self.recorder.wants(protocol, user_id,
+                                                              admission.node_id):
+            return None
+        name = admission.node.get("name")
+        recording = self.recorder.open(
+            relay_id=session.id, protocol=protocol, user_id=user_id,
+            user_name=admission.user.get("name"), node_id=admission.node_id,
+            addresses=(admission.peer, session.remote),
+            device_name=name if isinstance(name, str) and name else None,
+            extra={"protocol": protocol, "intelamt": True})
+        if recording is not None:
+            self._log.info("web relay {session_id} recorded to {path}", session_id=session.id,
+                           path=recording.path)
+        return recording
+
+    def finish_recording(self, session: "RelaySession", recording: RecordingFile,
+                         started: float) -> None:
+        """Close, index and apply the quotas (the relay's recorder does all three)."""
+        assert self.recorder is not None
+        admission = session.admission
+        self.recorder.finished(recording, relay_id=session.id,
+                               protocol=EVENT_PROTOCOL[admission.protocol],
+                               user_id=str(admission.user["_id"]), node_id=admission.node_id,
+                               started=started)
 
     # -- events --
 
@@ -377,6 +430,8 @@ class RelaySession:
         self._ended = False
         self._started_at: Optional[float] = None
         self._tls_timer: Any = None
+        self.recording: Optional[RecordingFile] = None
+        self._recording_checked = False
 
     # -- the WebSocket's side --
 
@@ -417,6 +472,7 @@ class RelaySession:
         downstream = _Downstream(self)
         if not tls:
             self._upstream = channel
+            self._start_recording()  # before attach: it delivers bytes the device sent
             channel.attach(downstream)
             if not self._ended:
                 self._become_ready()
@@ -466,6 +522,8 @@ class RelaySession:
         assert self.channel is not None and self._upstream is not None
         self._ready = True
         self._started_at = self.relay.clock.seconds()
+        if not self._recording_checked:
+            self._start_recording()
         self.relay.started(self)
         pending, self._pending, self._pending_size = self._pending, [], 0
         for data in pending:
@@ -485,6 +543,8 @@ class RelaySession:
                                                reading.resumeProducing, lambda: None), True)
 
     def _write(self, data: bytes) -> None:
+        if self.recording is not None:
+            self.recording.frame(data, True, from_user=True)
         try:
             self._upstream.write(data)
         except ChannelError:
@@ -493,7 +553,32 @@ class RelaySession:
 
     def _from_device(self, data: bytes) -> None:
         if not self._ended:
+            if self.recording is not None:
+                self.recording.frame(data, True, from_user=False)
             self.side.send_binary(data)
+
+    def _start_recording(self) -> None:
+        self._recording_checked = True
+        try:
+            self.recording = self.relay.start_recording(self)
+        except Exception:
+            self._log.failure("web relay {session_id}: recording not started",
+                              session_id=self.id)
+            self.recording = None
+        if self.recording is not None and self.admission.protocol == PROTOCOL_REDIRECTION:
+            self.side.send_binary(RECORDING_NOTICE)
+
+    def _finish_recording(self) -> None:
+        recording, self.recording = self.recording, None
+        if recording is None:
+            return
+        try:
+            self.relay.finish_recording(self, recording, self._started_at
+                                        if self._started_at is not None
+                                        else self.relay.clock.seconds())
+        except Exception:
+            self._log.failure("web relay {session_id}: finishing the recording failed",
+                              session_id=self.id)
 
     def _device_gone(self, reason: Optional[Failure]) -> None:
         if self._ended:
@@ -527,6 +612,7 @@ class RelaySession:
             if not self._ready:
                 self.side.resume_reading()  # to read the browser's closing handshake
             self.side.close(code, reason)
+        self._finish_recording()
         if self._started_at is not None:
             self.relay.ended(self, int(self.relay.clock.seconds() - self._started_at))
 
@@ -630,12 +716,13 @@ class WebRelayProtocol(WebSocketServerProtocol):
 
 
 def webrelay_resource(*, store: IStore, mps: Any, bus: IEventBus,
-                      authenticator: Authenticator, clock: Any,
-                      domain: str = "") -> WebSocketResource:
+                      authenticator: Authenticator, clock: Any, domain: str = "",
+                      recorder: Optional[Recorder] = None) -> WebSocketResource:
     """The ``/[domain/]webrelay.ashx`` resource (``mps``: the MpsServerFactory;
-    ``authenticator``: the control channel's, so logins follow the same rules)."""
+    ``authenticator``: the control channel's, so logins follow the same rules;
+    ``recorder``: the domain's session recorder, shared with ``/meshrelay.ashx``)."""
     relay = WebRelay(store=store, mps=mps, bus=bus, authenticator=authenticator, clock=clock,
-                     domain=domain)
+                     domain=domain, recorder=recorder)
     factory = WebSocketServerFactory(reactor=clock)
     factory.protocol = WebRelayProtocol
     factory.relay = relay  # type: ignore[attr-defined]

@@ -1,5 +1,9 @@
 """Recording relay sessions to ``.mcrec`` files (spec relay.md §6), with quotas and an index.
 
+Used by ``/meshrelay.ashx`` (agent sessions, protocols 1, 2, 5...) and by
+``/webrelay.ashx`` (Intel AMT over CIRA, protocols 100 WSMAN and 101 redirection):
+one :class:`Recorder` per domain serves both.
+
 When a domain has ``sessionRecording`` (``true`` or an object), a session is recorded if
 its protocol is listed (or no list is given) and both the user and the device are known.
 The file is opened when the two sides pair; the relay then sends ``cr`` instead of ``c``,
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from twisted.logger import Logger
 
@@ -92,18 +96,26 @@ class Recorder:
         return not self.policy.protocols or protocol in self.policy.protocols
 
     def open(self, *, relay_id: str, protocol: int, user_id: str, user_name: Optional[str],
-             node_id: str, addresses: tuple[str, str]) -> Optional[RecordingFile]:
-        """Start a recording; None (and a log line) when the file cannot be made."""
+             node_id: str, addresses: tuple[str, str], device_name: Optional[str] = None,
+             extra: Optional[Mapping[str, Any]] = None) -> Optional[RecordingFile]:
+        """Start a recording; None (and a log line) when the file cannot be made.
+
+        ``device_name`` (the device's display name) names the file and is written as the
+        metadata's ``devicename``; without it the file is named by the start of the node
+        id.  ``extra`` adds metadata fields (see :func:`metadata_record`).
+        """
         now = self._now()
         when = datetime.fromtimestamp(now, timezone.utc)
         name = recording_filename(domain=self.domain, year=when.year, month=when.month,
                                   day=when.day, hour=when.hour, minute=when.minute,
                                   second=when.second, user_id=user_id,
-                                  device_name=node_id.split("/")[-1][:12], session_id=relay_id)
+                                  device_name=device_name or node_id.split("/")[-1][:12],
+                                  session_id=relay_id)
         header = metadata_record(user_id=user_id, user_name=user_name, session_id=relay_id,
                                  address1=addresses[0], address2=addresses[1],
                                  time_text=when.isoformat(), protocol=protocol,
-                                 node_id=node_id, time_ms=int(now * 1000))
+                                 node_id=node_id, time_ms=int(now * 1000),
+                                 device_name=device_name, extra=extra)
         try:
             os.makedirs(self.folder, mode=0o700, exist_ok=True)
             return RecordingFile(os.path.join(self.folder, name), header,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 __all__ = ["END_MAGIC", "MAGIC", "MAX_RECORD", "Record", "RecordReader", "RecordingError",
            "TYPE_DATA", "TYPE_END", "TYPE_METADATA", "FLAG_BINARY", "FLAG_USER",
@@ -75,8 +75,14 @@ def encode_record(kind: int, flags: int, payload: bytes, time_ms: int) -> bytes:
 def metadata_record(*, user_id: Optional[str], user_name: Optional[str], session_id: str,
                     address1: Optional[str], address2: Optional[str], time_text: str,
                     protocol: Optional[int], node_id: Optional[str], time_ms: int,
-                    device_name: Optional[str] = None) -> bytes:
-    """The first record, MeshCentral's metadata fields in its order."""
+                    device_name: Optional[str] = None,
+                    extra: Optional[Mapping[str, Any]] = None) -> bytes:
+    """The first record, MeshCentral's metadata fields in its order.
+
+    ``protocol`` is written as text, as MeshCentral's relay copies it from the URL;
+    ``extra`` adds fields or replaces these (its web relay writes ``protocol`` as a
+    number and adds ``intelamt``).
+    """
     metadata: dict[str, Any] = {
         "magic": MAGIC, "ver": 1, "userid": user_id, "username": user_name,
         "sessionid": session_id, "ipaddr1": address1, "ipaddr2": address2,
@@ -84,6 +90,8 @@ def metadata_record(*, user_id: Optional[str], user_name: Optional[str], session
         "nodeid": node_id}
     if device_name is not None:
         metadata["devicename"] = device_name
+    if extra:
+        metadata.update(extra)
     return encode_record(TYPE_METADATA, 0, json.dumps(metadata).encode(), time_ms)
 
 
