@@ -209,7 +209,8 @@ class SessionRecording:
 
     protocols: tuple[int, ...] = _key("protocols",
                                       "Relay protocols to record (1 terminal, 2 desktop, "
-                                      "5 files...); empty: all.", ())
+                                      "5 files..., 100 Intel AMT WSMAN, 101 Intel AMT "
+                                      "redirection); empty: all.", ())
     file_path: Optional[str] = _key("filePath",
                                     "Folder of the recordings (default: recordings/ in the "
                                     "data folder).", None)
@@ -222,6 +223,58 @@ class SessionRecording:
     max_recording_days: int = _key("maxRecordingDays",
                                    "Days a recording is kept (0: no limit).", 0,
                                    check=_positive)
+
+
+def _consent_bits(value: int) -> Optional[str]:
+    if not 0 <= value <= 127:
+        return "a sum of consent bits from 0 to 127"
+    return None
+
+
+@dataclass(frozen=True)
+class ConsentMessages:
+    """What the device's user is asked before a remote session
+    (``domains.<name>.consentMessages``, sent to agents in the tunnel's ``soptions``)."""
+
+    title: Optional[str] = _key("title", "Title of the consent prompt.", None)
+    desktop: Optional[str] = _key("desktop", "Consent prompt for remote desktop.", None)
+    terminal: Optional[str] = _key("terminal", "Consent prompt for the terminal.", None)
+    files: Optional[str] = _key("files", "Consent prompt for files.", None)
+    consent_timeout: int = _key("consentTimeout",
+                                "Seconds the prompt waits (0: the agent's default).", 0,
+                                check=_positive)
+    auto_accept_on_timeout: bool = _key("autoAcceptOnTimeout",
+                                        "Accept when the prompt times out.", False)
+    auto_accept_if_no_user: bool = _key("autoAcceptIfNoUser",
+                                        "Accept when nobody is logged in.", False)
+    auto_accept_if_desktop_no_user: bool = _key(
+        "autoAcceptIfDesktopNoUser", "Accept desktop sessions when nobody is logged in.",
+        False)
+    auto_accept_if_terminal_no_user: bool = _key(
+        "autoAcceptIfTerminalNoUser", "Accept terminal sessions when nobody is logged in.",
+        False)
+    auto_accept_if_file_no_user: bool = _key(
+        "autoAcceptIfFileNoUser", "Accept file sessions when nobody is logged in.", False)
+    auto_accept_if_locked: bool = _key("autoAcceptIfLocked",
+                                       "Accept when the device's session is locked.", False)
+    auto_accept_if_desktop_locked: bool = _key(
+        "autoAcceptIfDesktopLocked", "Accept desktop sessions when locked.", False)
+    auto_accept_if_terminal_locked: bool = _key(
+        "autoAcceptIfTerminalLocked", "Accept terminal sessions when locked.", False)
+    auto_accept_if_file_locked: bool = _key(
+        "autoAcceptIfFileLocked", "Accept file sessions when locked.", False)
+    old_style: bool = _key("oldStyle", "Use the agent's old-style prompt.", False)
+
+
+@dataclass(frozen=True)
+class NotificationMessages:
+    """What the device's user is told when a remote session starts
+    (``domains.<name>.notificationMessages``)."""
+
+    title: Optional[str] = _key("title", "Title of the notification.", None)
+    desktop: Optional[str] = _key("desktop", "Notification for remote desktop.", None)
+    terminal: Optional[str] = _key("terminal", "Notification for the terminal.", None)
+    files: Optional[str] = _key("files", "Notification for files.", None)
 
 
 @dataclass(frozen=True)
@@ -238,6 +291,15 @@ class Domain:
     session_recording: Optional[SessionRecording] = _key(
         "sessionRecording", "Record relay sessions in MeshCentral's .mcrec format: true, or an "
         "object with the keys below.", None)
+    user_consent_flags: int = _key(
+        "userConsentFlags", "Consent every remote session of this domain needs, added to "
+        "the group's, device's and user's: 1/2/4 notify the device's user of desktop/"
+        "terminal/files sessions, 8/16/32 ask them first, 64 show a session toolbar.", 0,
+        check=_consent_bits)
+    consent_messages: Optional[ConsentMessages] = _key(
+        "consentMessages", "Texts and automatic answers of the consent prompt.", None)
+    notification_messages: Optional[NotificationMessages] = _key(
+        "notificationMessages", "Texts of the session notifications.", None)
 
 
 def _acme_names(value: str) -> Optional[str]:
@@ -342,7 +404,7 @@ _MESHCENTRAL_ONLY: dict[str, frozenset[str]] = {
         "agentinvitecodes agentkey agentnoproxy agentselfguestsharing "
         "allowsavingdevicecredentials altmessenging amtacmactivation amtmanager amtscanoptions "
         "androidcustomization assistantconfig assistantcustomization assistanttypeagentinvite "
-        "auth authstrategies autoremoveinactivedevices certurl consentmessages customfiles "
+        "auth authstrategies autoremoveinactivedevices certurl customfiles "
         "desktopprivacybartext devicemeshrouterlinks devicesearchbarserverandclientname dns "
         "duo2factor footer geolocation guestdevicesharing hide hidepowertimeline httpheaders "
         "ipkvm iplocation ldapoptions ldapsiteadmingroups ldapsyncwithusergroups ldapuseremail "
@@ -350,11 +412,11 @@ _MESHCENTRAL_ONLY: dict[str, frozenset[str]] = {
         "lockagentdownload loginfooter loginkey loginpicture logoutonidlesessiontimeout "
         "managealldevicegroups maxdeviceview meshmessengerpicture meshmessengertitle meshquota "
         "minify mobilesite mstsc myserver newaccountemaildomains newaccountsrights "
-        "newaccountsusergroups nightmode notificationmessages novnc passwordrequirements "
+        "newaccountsusergroups nightmode novnc passwordrequirements "
         "preconfiguredremoteinput preconfiguredscripts pwalogo redirects rootredirect "
         "scrolltotop sessionrecording share showmodernuitoggle shownotespanel sitestyle ssh "
         "terminal titlepicture twofactorcookiedurationdays unknownuserrootredirect "
-        "urlswitching userallowedip userblockedip userconsentflags userquota "
+        "urlswitching userallowedip userblockedip userquota "
         "usersessionidletimeout usersessionssort webemailspath welcomepicture "
         "welcomepicturefullscreen welcometext yubikey"
     ).split()),

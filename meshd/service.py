@@ -445,7 +445,7 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
 
     agents = agent_manager("")
     root.agents = agents
-    hub = control_hub(settings=settings, certificates=certificates,
+    hub = control_hub(settings=settings, certificates=certificates, domain=domain,
                       web_hash=lambda: root.web_certificate_hash, store=store, bus=bus,
                       presence=presence, agents=agents, accounts=auth.accounts,
                       web_sessions=sessions, limiter=auth.limiter, run_blocking=workers.run,

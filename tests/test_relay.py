@@ -20,7 +20,8 @@ from meshd.control.rights import (
 )
 from meshd.relay.machine import LONELY_SECONDS, IRelayPeer, RelayTable, SideInfo
 from meshd.relay.server import RELAY_COOKIE_MINUTES, Refused, RelayServer
-from meshd.relay.tunnel import allowed, parse_relay_value
+from meshd.config import parse_config
+from meshd.relay.tunnel import SessionPolicy, allowed, parse_relay_value
 from tests.test_control_session import World
 
 
@@ -396,6 +397,37 @@ class TunnelRoutingTests(TestCase):
         payload = self.successResultOf(defer.ensureDeferred(
             self.world.hub.cookies.decode(query["rauth"][0], RELAY_COOKIE_MINUTES)))
         self.assertEqual(payload["ruserid"], self.admin_id)
+
+    def test_consent_and_prompt_texts(self) -> None:
+        """consent is the OR of the domain's userConsentFlags and the device's, group's,
+        user's and linked user groups' bits; soptions carry the domain's consent and
+        notification texts under the names the agent reads."""
+        config = parse_config({"domains": {"": {
+            "userConsentFlags": 64,
+            "consentMessages": {"title": "Remote help", "terminal": "Allow a terminal?",
+                                "consentTimeout": 30, "autoAcceptIfFileNoUser": True},
+            "notificationMessages": {"files": "Someone is looking at your files"}}}})
+        self.world.hub.session_policy = SessionPolicy.from_domain(config.default_domain)
+        bob_id = self.world.add_user("bob")
+        self.world.link(bob_id, self.mesh, MESHRIGHT_REMOTECONTROL)
+        self.world.doc(self.node)["consent"] = 2
+        self.world.doc(self.mesh)["consent"] = 8
+        self.world.doc(bob_id)["consent"] = 1
+        group = "ugrp//" + "G" * 64
+        other = "ugrp//" + "H" * 64
+        self.world.store._documents[group] = {"_id": group, "type": "ugrp", "domain": "",
+                                              "consent": 16, "links": {self.mesh: {}}}
+        self.world.store._documents[other] = {"_id": other, "type": "ugrp", "domain": "",
+                                              "consent": 32, "links": {}}
+        self.world.doc(bob_id)["links"].update({group: {"rights": 1}, other: {"rights": 1}})
+        bob = self.world.connect(bob_id)
+        self.assertEqual(self.tunnel(bob)["result"], "OK")
+        (_, message), = self.world.agents.sent
+        self.assertEqual(message["consent"], 64 | 2 | 8 | 1 | 16)
+        self.assertEqual(message["soptions"], {
+            "consentTitle": "Remote help", "consentMsgTerminal": "Allow a terminal?",
+            "consentTimeout": 30, "consentAutoAcceptIfFileNoUser": True,
+            "notifyMsgFiles": "Someone is looking at your files"})
 
     def test_mismatched_nodeid_refused(self) -> None:
         """A relay URL naming another device than the command is not routed."""

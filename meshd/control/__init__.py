@@ -45,8 +45,12 @@ def server_info(*, name: str, port: int, redirport: int, mpsport: int, tls_hash:
 
 
 def control_hub(*, settings: Any, certificates: Any, web_hash: Callable[[], str],
-                **collaborators: Any) -> ControlHub:
-    """The hub of a server built from its settings and certificates (used by service.py)."""
+                domain: Any = None, **collaborators: Any) -> ControlHub:
+    """The hub of a server built from its settings, certificates and default domain
+    (used by service.py)."""
+    from meshd.relay.tunnel import SessionPolicy
+
+    policy = SessionPolicy.from_domain(domain) if domain is not None else SessionPolicy()
     expire = certificates.web.cert.not_valid_after_utc.timestamp()
     name = settings.cert or "localhost"
     force2factor = bool(getattr(settings, "force2factor", False))
@@ -55,13 +59,17 @@ def control_hub(*, settings: Any, certificates: Any, web_hash: Callable[[], str]
     allow_login_token = getattr(settings, "allow_login_token", False) is True
 
     def info() -> dict[str, Any]:
-        return server_info(name=name, port=settings.port, redirport=settings.redir_port,
-                           mpsport=settings.mps_port, tls_hash=web_hash(),
-                           agent_server_id=certificates.agent.public_key_sha384(),
-                           cert_expire_ms=int(expire * 1000), force2factor=force2factor)
+        result = server_info(name=name, port=settings.port, redirport=settings.redir_port,
+                             mpsport=settings.mps_port, tls_hash=web_hash(),
+                             agent_server_id=certificates.agent.public_key_sha384(),
+                             cert_expire_ms=int(expire * 1000), force2factor=force2factor)
+        if policy.consent:
+            result["consent"] = policy.consent  # the domain's userConsentFlags
+        return result
 
     def public_url() -> str:
         return f"https://{name}:{settings.port}" if settings.port != 443 else f"https://{name}"
 
     return ControlHub(server_info=info, public_url=public_url, force2factor=force2factor,
-                      allow_login_token=allow_login_token, **collaborators)
+                      allow_login_token=allow_login_token, session_policy=policy,
+                      **collaborators)

@@ -48,8 +48,11 @@ class ControlHub:
                  random: Callable[[int], bytes] = os.urandom, limiter: Any = None,
                  max_message: int = MAX_MESSAGE, force2factor: bool = False,
                  allow_login_token: bool = False,
-                 server_warnings: Sequence[str] = ()) -> None:
+                 server_warnings: Sequence[str] = (), session_policy: Any = None) -> None:
         self.store = store
+        #: The domain's consent bits and agent prompt texts for remote sessions
+        #: (meshd.relay.tunnel.SessionPolicy; None: none).
+        self.session_policy = session_policy
         #: What full administrators are told on login (``serverwarnings``): configuration
         #: problems found at start, and what :meth:`add_warning` adds while running.
         self.server_warnings: list[dict[str, Any]] = []

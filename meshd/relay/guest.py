@@ -41,7 +41,7 @@ from twisted.logger import Logger
 from meshd.accounts import is_locked
 from meshd.control.rights import MESHRIGHT_REMOTECONTROL, MESHRIGHT_REMOTEVIEWONLY, Access
 from meshd.relay.machine import SideInfo
-from meshd.relay.tunnel import relay_value
+from meshd.relay.tunnel import SessionPolicy, relay_value
 from meshd.sharing import (
     SHARE_DESKTOP,
     SHARE_FILES,
@@ -74,8 +74,10 @@ class GuestAdmission:
 
     def __init__(self, *, store: IStore, clock: Any, invite_cookies: Any, cookies: Any,
                  send_to_agent: Callable[[str, dict[str, Any]], bool],
-                 tls_hash: Callable[[], str], random: Callable[[int], bytes]) -> None:
+                 tls_hash: Callable[[], str], random: Callable[[int], bytes],
+                 policy: Optional[SessionPolicy] = None) -> None:
         self._store = store
+        self._policy = policy if policy is not None else SessionPolicy()
         self._clock = clock
         self._invite_cookies = invite_cookies
         self._cookies = cookies
@@ -112,15 +114,16 @@ class GuestAdmission:
         session_id = relay_id(self._random)
         rauth = await self._cookies.encode({"ruserid": sharer["_id"], "nodeid": node["_id"],
                                             "pid": public})
-        consent = _int(share.get("consent")) | _int(node.get("consent")) | _int(
-            mesh.get("consent") if mesh is not None else 0)
+        consent = self._policy.consent | _int(share.get("consent")) | _int(
+            node.get("consent")) | _int(mesh.get("consent") if mesh is not None else 0)
         rights = MESHRIGHT_REMOTECONTROL | (
             MESHRIGHT_REMOTEVIEWONLY if share.get("viewOnly") is True else 0)
         message: dict[str, Any] = {
             "action": "msg", "type": "tunnel",
             "value": relay_value("meshrelay.ashx", {"p": str(protocol), "id": session_id,
                                                     "rauth": rauth, "nodeid": node["_id"]}),
-            "soptions": {"usages": allowed}, "rights": rights, "consent": consent,
+            "soptions": self._policy.soptions(usages=allowed), "rights": rights,
+            "consent": consent,
             "guestuserid": sharer["_id"], "guestname": share.get("guestName"),
             "userid": sharer["_id"], "username": sharer.get("name"),
             "realname": sharer.get("realname"), "remoteaddr": address,

@@ -85,7 +85,8 @@ class RelayServer:
                  invite_cookies: Optional[LoginCookies] = None,
                  send_to_agent: Optional[Callable[[str, dict[str, Any]], bool]] = None,
                  tls_hash: Callable[[], str] = lambda: "",
-                 random: Callable[[int], bytes] = os.urandom) -> None:
+                 random: Callable[[int], bytes] = os.urandom,
+                 session_policy: Any = None) -> None:
         self.store = store
         self.bus = bus
         self.clock = clock
@@ -99,7 +100,8 @@ class RelayServer:
         if invite_cookies is not None and send_to_agent is not None:
             self.guests = GuestAdmission(store=store, clock=clock, invite_cookies=invite_cookies,
                                          cookies=cookies, send_to_agent=send_to_agent,
-                                         tls_hash=tls_hash, random=random)
+                                         tls_hash=tls_hash, random=random,
+                                         policy=session_policy)
         self._shares_watch = bus.subscribe(["server-shareremove"], self._share_event)
 
     @classmethod
@@ -110,7 +112,7 @@ class RelayServer:
                    cookies=hub.cookies, invite_cookies=hub.invite_cookies,
                    send_to_agent=hub.send_to_agent,
                    tls_hash=lambda: str(hub.server_info().get("tlshash", "")),
-                   random=hub.random, **kwargs)
+                   random=hub.random, session_policy=hub.session_policy, **kwargs)
 
     def _share_event(self, event: dict[str, Any]) -> None:
         public = event.get("publicid")

@@ -21,7 +21,8 @@ certificate, for the agent to pin), ``soptions``, ``userid``, ``username``, ``re
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
 from urllib.parse import parse_qs, quote
 
 from meshd.control.actions._util import node_with_rights, valid_str
@@ -35,6 +36,59 @@ from meshd.control.rights import (
 )
 
 MAX_VALUE = 4096
+
+#: consentMessages keys → the ``soptions`` names the agent's core reads.  (MeshCentral
+#: 1.1.55 sends ``consentAautoAcceptIfFileNoUser``, which its agents never read.)
+_CONSENT_OPTIONS = (
+    ("title", "consentTitle"), ("desktop", "consentMsgDesktop"),
+    ("terminal", "consentMsgTerminal"), ("files", "consentMsgFiles"),
+    ("auto_accept_on_timeout", "consentAutoAccept"),
+    ("auto_accept_if_no_user", "consentAutoAcceptIfNoUser"),
+    ("auto_accept_if_desktop_no_user", "consentAutoAcceptIfDesktopNoUser"),
+    ("auto_accept_if_terminal_no_user", "consentAutoAcceptIfTerminalNoUser"),
+    ("auto_accept_if_file_no_user", "consentAutoAcceptIfFileNoUser"),
+    ("auto_accept_if_locked", "consentAutoAcceptIfLocked"),
+    ("auto_accept_if_desktop_locked", "consentAutoAcceptIfDesktopLocked"),
+    ("auto_accept_if_terminal_locked", "consentAutoAcceptIfTerminalLocked"),
+    ("auto_accept_if_file_locked", "consentAutoAcceptIfFileLocked"),
+    ("old_style", "oldStyle"))
+_NOTIFY_OPTIONS = (("title", "notifyTitle"), ("desktop", "notifyMsgDesktop"),
+                   ("terminal", "notifyMsgTerminal"), ("files", "notifyMsgFiles"))
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    """What a domain adds to every remote session it routes: consent bits
+    (``userConsentFlags``) and the texts and automatic answers of the device user's
+    prompt and notifications (``consentMessages``/``notificationMessages``), which the
+    agent gets as the tunnel's ``soptions``."""
+
+    consent: int = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_domain(cls, domain: Any) -> "SessionPolicy":
+        """From a :class:`meshd.config.Domain`."""
+        options: dict[str, Any] = {}
+        messages = getattr(domain, "consent_messages", None)
+        if messages is not None:
+            for attribute, key in _CONSENT_OPTIONS:
+                value = getattr(messages, attribute)
+                if value is not None and value is not False:
+                    options[key] = value
+            if messages.consent_timeout > 0:
+                options["consentTimeout"] = messages.consent_timeout
+        notify = getattr(domain, "notification_messages", None)
+        if notify is not None:
+            for attribute, key in _NOTIFY_OPTIONS:
+                if getattr(notify, attribute) is not None:
+                    options[key] = getattr(notify, attribute)
+        return cls(consent=int(getattr(domain, "user_consent_flags", 0) or 0),
+                   options=options)
+
+    def soptions(self, **extra: Any) -> dict[str, Any]:
+        """A fresh ``soptions`` object, with ``extra`` keys added."""
+        return {**self.options, **extra}
 _NOT_RIGHTS = {1: MESHRIGHT_NOTERMINAL, 6: MESHRIGHT_NOTERMINAL, 8: MESHRIGHT_NOTERMINAL,
                9: MESHRIGHT_NOTERMINAL, 4: MESHRIGHT_NOFILES, 5: MESHRIGHT_NOFILES,
                10: MESHRIGHT_NOFILES, 2: MESHRIGHT_NODESKTOP}
@@ -98,6 +152,28 @@ async def route_tunnel(call: Any) -> None:
         call.send(reply)
 
 
+def _bits(record: Optional[dict[str, Any]]) -> int:
+    value = record.get("consent") if record is not None else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+async def _consent(call: Any, node: dict[str, Any], mesh: Optional[dict[str, Any]]) -> int:
+    """The consent bits of the device, its group, the user, and each user group of the
+    user that is linked to the device or its group (as MeshCentral adds them)."""
+    consent = _bits(node) | _bits(mesh) | _bits(call.user)
+    links = call.user.get("links")
+    groups = sorted(k for k in links if k.startswith("ugrp/")) if isinstance(links, dict) \
+        else []
+    if groups:
+        for group in await call.store.get_many(groups):
+            group_links = group.get("links")
+            if isinstance(group_links, dict) and (
+                    node["_id"] in group_links or (mesh is not None
+                                                   and mesh.get("_id") in group_links)):
+                consent |= _bits(group)
+    return consent
+
+
 async def _route(call: Any, cmd: dict[str, Any]) -> bool:
     node_id = cmd.get("nodeid")
     parsed = parse_relay_value(cmd.get("value"))
@@ -119,15 +195,12 @@ async def _route(call: Any, cmd: dict[str, Any]) -> bool:
         query["p"] = str(protocol)
     query["nodeid"] = node_id
     query["rauth"] = rauth
-    consent = 0
-    for record in (node, mesh, call.user):
-        value = record.get("consent") if record is not None else None
-        if isinstance(value, int) and not isinstance(value, bool):
-            consent |= value
+    policy: SessionPolicy = getattr(call.hub, "session_policy", None) or SessionPolicy()
+    consent = policy.consent | await _consent(call, node, mesh)
     tls_hash = str(call.hub.server_info().get("tlshash", "")).lower()
     message: dict[str, Any] = {
         "action": "msg", "type": "tunnel", "value": relay_value(path, query),
-        "usage": protocol, "servertlshash": tls_hash or None, "soptions": {},
+        "usage": protocol, "servertlshash": tls_hash or None, "soptions": policy.soptions(),
         "userid": call.user_id, "username": call.user.get("name"),
         "realname": call.user.get("realname"), "sessionid": call.session.session_id,
         "rights": rights, "consent": consent, "remoteaddr": call.session.peer}
