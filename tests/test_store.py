@@ -582,6 +582,29 @@ class SQLiteFileTests(unittest.TestCase):
         self.assertEqual(await _query(store, "SELECT version FROM schema_version"),
                          [(SCHEMA_VERSION,)])
 
+    async def test_group_commit(self) -> None:
+        """Writes asked together share commits; one that fails is undone alone and
+        fails alone; a read asked after them sees them all."""
+        store = await self.open_store()
+        await store.set({"_id": "text", "n": "not a number"})
+        before = store.group_commits
+        writes = [store.set(user(f"u{i}")) for i in range(200)]
+        bad = store.increment("text", "n")
+        writes += [store.set(user(f"v{i}")) for i in range(200)]
+        events = [store.store_event({"ids": ["*"], "domain": "", "action": "x", "n": i,
+                                     "time": datetime(2024, 1, 1, tzinfo=UTC)})
+                  for i in range(50)]
+        found = store.find_by_type("user")
+        await defer.gatherResults(writes + events)
+        with self.assertRaises(ValueError):
+            await bad
+        self.assertEqual(len(await found), 400)
+        self.assertEqual((await must_get(store, "text"))["n"], "not a number")
+        self.assertEqual(len(await store.get_events(["*"], "")), 50)
+        commits = store.group_commits - before
+        self.assertGreaterEqual(commits, 1)
+        self.assertLess(commits, 20, "450 writes asked at once share a few commits")
+
     async def test_change_marker_sees_other_writers(self) -> None:
         """A commit by another connection (meshd-admin while the server runs) moves the
         change marker, so nothing computed before it is reused."""
