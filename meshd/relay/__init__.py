@@ -3,6 +3,7 @@
 * :mod:`~meshd.relay.machine`  the sans-IO pairing table: ids, rules, timers, flow control
 * :mod:`~meshd.relay.server`   who a side is (cookies, sessions, relay cookies); events
 * :mod:`~meshd.relay.protocol` the Autobahn adapter and :func:`relay_resource`
+* :mod:`~meshd.relay.frames`   the frame forwarder paired sides use (sans-IO)
 * :mod:`~meshd.relay.tunnel`   the control channel's ``msg``/``tunnel`` → the agent
 * :mod:`~meshd.relay.recording` the ``.mcrec`` recording codec (writer/reader, sans-IO)
 """
