@@ -52,6 +52,7 @@ from meshd.presence import LocalPresence
 from meshd.relay import RelayServer, relay_resource
 from meshd.relay.recorder import recorders_from_config
 from meshd.config import Config
+from meshd.mps.amtpower import AmtPower
 from meshd.mps.protocol import MpsServerFactory
 from meshd.mps.webrelay import webrelay_resource
 from meshd.passwords import RecentChecks
@@ -480,6 +481,8 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
                            mps_pass=settings.mps_pass, max_devices=settings.max_devices,
                            now=reactor.seconds)
     root.mps = mps
+    # Intel AMT power actions (poweraction 302/308/310) go over the devices' CIRA channels.
+    hub.amt_power = AmtPower(mps=mps, clock=reactor, publish=hub.publish, presence=presence)
 
     # Browsers reach Intel AMT web services over CIRA: /[domain/]webrelay.ashx (users
     # log in as on the control channel).

@@ -10,6 +10,9 @@ AMT firmware does (spec ``mps-apf.md`` section 3)::
     CHANNEL_OPEN from the server                          <- confirmed if a service listens
                                                              on that port, else refused
 
+:class:`AmtWsman` is a service for port 16992 that answers like Intel AMT's WSMAN: digest
+authentication first, then ``RequestPowerStateChange`` (see its docstring).
+
 ``ready`` fires when every forward has been answered, or fails with :class:`LoginRefused`
 or :class:`ClosedEarly`.  ``closed`` fires with the server's DISCONNECT reason (or None).
 Channels keep real window accounting on both sides; ``auto_adjust=False`` makes the
@@ -18,6 +21,10 @@ device a slow consumer that only reopens the window on ``DeviceChannel.consume``
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
+import re
 import time
 import uuid
 from typing import Any, Callable, Optional
@@ -30,8 +37,8 @@ from zope.interface import implementer
 
 from meshd.mps import apf
 
-__all__ = ["CiraDevice", "ClosedEarly", "DeviceChannel", "HttpResponder", "LoginRefused",
-           "connect_device"]
+__all__ = ["AmtWsman", "CiraDevice", "ClosedEarly", "DeviceChannel", "HttpResponder",
+           "LoginRefused", "connect_device"]
 
 
 class LoginRefused(Exception):
@@ -137,6 +144,210 @@ class HttpResponder:
                      + request_line + b"\" bytes=\"%d\"/></Body></Envelope>" % len(body))
             channel.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/soap+xml\r\n"
                           b"Content-Length: %d\r\n\r\n" % len(reply) + reply)
+
+
+AMT_SERVER = b"Intel(R) Active Management Technology 11.8.55.3510"
+_CIM = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/"
+_POWER_SERVICE = _CIM + "CIM_PowerManagementService"
+_AUTH_PARAM = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^,\s]*)')
+
+
+class AmtWsman:
+    """A simulated Intel AMT WSMAN service (port 16992) that requires HTTP digest
+    authentication and answers ``CIM_PowerManagementService.RequestPowerStateChange``.
+
+    Like AMT firmware: the realm is ``Digest:`` + 32 hex digits, each 401 issues a fresh
+    nonce (remembered, so any issued nonce is accepted later), ``qop="auth"``, and
+    answers are chunked.  An authenticated request must use one of the issued nonces,
+    an increasing ``nc`` for it, ``uri`` ``/wsman`` and the right MD5 response for
+    ``user``/``password``; the envelope must name the power management service, the
+    method, an integer PowerState and the managed system.  ``power_states`` lists
+    (state, user) of accepted calls; ``problems`` what was wrong with refused ones;
+    ``unauthorized`` counts 401s.  ``raw_answer`` replaces every answer with those bytes;
+    ``hang`` never answers.  Pass :meth:`service` as the device's service factory.
+    """
+
+    def __init__(self, user: str = "admin", password: str = "P@ssw0rd!", *,
+                 return_value: int = 0, raw_answer: Optional[bytes] = None,
+                 hang: bool = False) -> None:
+        self.user = user
+        self.password = password
+        self.return_value = return_value
+        self.raw_answer = raw_answer
+        self.hang = hang
+        self.realm = "Digest:" + os.urandom(16).hex().upper()
+        self.nonces: dict[str, int] = {}  # nonce -> highest nc seen
+        self.power_states: list[tuple[int, str]] = []
+        self.problems: list[str] = []
+        self.requests: list[bytes] = []
+        self.unauthorized = 0
+
+    def service(self) -> "_AmtWsmanChannel":
+        return _AmtWsmanChannel(self)
+
+    # -- answering one request --
+
+    def answer(self, head: bytes, body: bytes) -> Optional[bytes]:
+        self.requests.append(head + b"\r\n\r\n" + body)
+        if self.hang:
+            return None
+        if self.raw_answer is not None:
+            return self.raw_answer
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if lines[0] != "POST /wsman HTTP/1.1":
+            return self._fault(400, f"bad request line {lines[0]!r}")
+        authorization = headers.get("authorization")
+        if authorization is None:
+            return self._challenge()
+        user = self._check_digest(authorization)
+        if user is None:
+            return self._challenge()
+        state = self._check_envelope(body)
+        if state is None:
+            return self._fault(400, "bad envelope")
+        self.power_states.append((state, user))
+        return self._chunked(200, b"OK", self._output(self.return_value))
+
+    def _challenge(self) -> bytes:
+        self.unauthorized += 1
+        nonce = base64.b64encode(os.urandom(18)).decode()
+        self.nonces[nonce] = 0
+        page = b"<html><head><title>Intel&reg; Active Management Technology</title></head>" \
+               b"<body>Unauthorized</body></html>"
+        return (b"HTTP/1.1 401 Unauthorized\r\n"
+                b'WWW-Authenticate: Digest realm="' + self.realm.encode() + b'", nonce="'
+                + nonce.encode() + b'",stale="false",qop="auth"\r\n'
+                b"Content-Type: text/html\r\nServer: " + AMT_SERVER + b"\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(page) + page)
+
+    def _check_digest(self, authorization: str) -> Optional[str]:
+        scheme, _, rest = authorization.partition(" ")
+        if scheme != "Digest":
+            self.problems.append(f"scheme {scheme!r}")
+            return None
+        params = {key: (value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+                        if value.startswith('"') else value)
+                  for key, value in _AUTH_PARAM.findall(rest)}
+        nonce, nc = params.get("nonce", ""), params.get("nc", "")
+        if params.get("realm") != self.realm or nonce not in self.nonces:
+            self.problems.append("unknown realm or nonce")
+            return None
+        if params.get("uri") != "/wsman" or params.get("qop") != "auth" \
+                or not re.fullmatch(r"[0-9a-f]{8}", nc) or not params.get("cnonce"):
+            self.problems.append(f"bad digest parameters {sorted(params)}")
+            return None
+        if int(nc, 16) <= self.nonces[nonce]:
+            self.problems.append("nonce count replayed")
+            return None
+        self.nonces[nonce] = int(nc, 16)
+
+        def md5(text: str) -> str:
+            return hashlib.md5(text.encode()).hexdigest()
+
+        ha1 = md5(f"{self.user}:{self.realm}:{self.password}")
+        expected = md5(f"{ha1}:{nonce}:{nc}:{params['cnonce']}:auth:{md5('POST:/wsman')}")
+        if params.get("username") != self.user or params.get("response") != expected:
+            self.problems.append("wrong user name or password")
+            return None
+        return self.user
+
+    def _check_envelope(self, body: bytes) -> Optional[int]:
+        import xml.etree.ElementTree as ElementTree
+
+        def local(element: Any) -> str:
+            return str(element.tag).rsplit("}", 1)[-1]
+
+        try:
+            root = ElementTree.fromstring(body)
+        except ElementTree.ParseError:
+            self.problems.append("envelope is not XML")
+            return None
+        header = {local(e): (e.text or "") for part in root if local(part) == "Header"
+                  for e in part}
+        if header.get("Action") != _POWER_SERVICE + "/RequestPowerStateChange" \
+                or header.get("ResourceURI") != _POWER_SERVICE or header.get("To") != "/wsman":
+            self.problems.append(f"wrong header {header}")
+            return None
+        inputs = [e for part in root if local(part) == "Body" for e in part
+                  if local(e) == "RequestPowerStateChange_INPUT"
+                  and e.tag.startswith("{" + _POWER_SERVICE + "}")]
+        if len(inputs) != 1:
+            self.problems.append("no RequestPowerStateChange_INPUT")
+            return None
+        arguments = {local(e): e for e in inputs[0]}
+        state_text = (arguments["PowerState"].text or "") if "PowerState" in arguments else ""
+        element = arguments.get("ManagedElement")
+        resource = selectors = None
+        if element is not None:
+            resource = next((e.text for e in element.iter() if local(e) == "ResourceURI"), None)
+            selectors = {e.get("Name"): e.text for e in element.iter()
+                         if local(e) == "Selector"}
+        if not state_text.isdigit() or resource != _CIM + "CIM_ComputerSystem" or selectors != {
+                "CreationClassName": "CIM_ComputerSystem", "Name": "ManagedSystem"}:
+            self.problems.append(f"bad arguments {state_text!r} {resource!r} {selectors!r}")
+            return None
+        return int(state_text)
+
+    def _output(self, value: int) -> bytes:
+        return ('<?xml version="1.0" encoding="UTF-8"?><a:Envelope '
+                'xmlns:a="http://www.w3.org/2003/05/soap-envelope" '
+                'xmlns:b="http://schemas.xmlsoap.org/ws/2004/08/addressing" '
+                'xmlns:c="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd" '
+                f'xmlns:g="{_POWER_SERVICE}"><a:Header>'
+                '<b:To>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</b:To>'
+                '<b:RelatesTo>1</b:RelatesTo><b:Action a:mustUnderstand="true">'
+                f'{_POWER_SERVICE}/RequestPowerStateChangeResponse</b:Action>'
+                '<b:MessageID>uuid:00000000-8086-8086-8086-000000000001</b:MessageID>'
+                f'<c:ResourceURI>{_POWER_SERVICE}</c:ResourceURI></a:Header><a:Body>'
+                f'<g:RequestPowerStateChange_OUTPUT><g:ReturnValue>{value}</g:ReturnValue>'
+                '</g:RequestPowerStateChange_OUTPUT></a:Body></a:Envelope>').encode()
+
+    def _fault(self, status: int, reason: str) -> bytes:
+        self.problems.append(reason)
+        body = ('<?xml version="1.0" encoding="UTF-8"?><a:Envelope '
+                'xmlns:a="http://www.w3.org/2003/05/soap-envelope"><a:Body><a:Fault>'
+                '<a:Code><a:Value>a:Sender</a:Value></a:Code><a:Reason>'
+                f'<a:Text xml:lang="en-US">{reason}</a:Text></a:Reason></a:Fault>'
+                '</a:Body></a:Envelope>').encode()
+        return self._chunked(status, b"Bad Request", body)
+
+    @staticmethod
+    def _chunked(status: int, reason: bytes, body: bytes) -> bytes:
+        half = len(body) // 2
+        chunks = b"".join(b"%x\r\n" % len(part) + part + b"\r\n"
+                          for part in (body[:half], body[half:]) if part)
+        return (b"HTTP/1.1 %d " % status + reason + b"\r\nServer: " + AMT_SERVER
+                + b"\r\nX-Frame-Options: DENY\r\n"
+                b"Content-Type: application/soap+xml; charset=UTF-8\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+
+
+class _AmtWsmanChannel:
+    """One channel's HTTP requests for :class:`AmtWsman` (several per channel allowed)."""
+
+    def __init__(self, amt: AmtWsman) -> None:
+        self.amt = amt
+        self.buffer = b""
+
+    def data_received(self, channel: DeviceChannel, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            head, rest = self.buffer.split(b"\r\n\r\n", 1)
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            if len(rest) < length:
+                return
+            body, self.buffer = rest[:length], rest[length:]
+            answer = self.amt.answer(head, body)
+            if answer is not None:
+                channel.write(answer)
 
 
 @implementer(IHandshakeListener)

@@ -48,8 +48,11 @@ class ControlHub:
                  random: Callable[[int], bytes] = os.urandom, limiter: Any = None,
                  max_message: int = MAX_MESSAGE, force2factor: bool = False,
                  allow_login_token: bool = False,
-                 server_warnings: Sequence[str] = (), session_policy: Any = None) -> None:
+                 server_warnings: Sequence[str] = (), session_policy: Any = None,
+                 amt_power: Any = None) -> None:
         self.store = store
+        #: Intel AMT power actions over CIRA (meshd.mps.amtpower.AmtPower; None: no MPS).
+        self.amt_power = amt_power
         #: The domain's consent bits and agent prompt texts for remote sessions
         #: (meshd.relay.tunnel.SessionPolicy; None: none).
         self.session_policy = session_policy

@@ -7,10 +7,11 @@ domain, agent?:{id, caps}, intelamt?:{user, pass, tls}, links?:{<userid>:{rights
 
 Requests for an agent (``runcommands``, routed ``msg``, ``toast``, ``poweraction``) are
 sent through the agent manager with this session's id; the agent's answer comes back on
-the event bus (``"agent:"+nodeid``) and only to the session that asked.  Unlike
-MeshCentral 1.1.55, moving a device between groups of different types answers an
-error instead of nothing (§12.4), and an unknown or hidden device is "Device not found"
-rather than a hint that it exists.
+the event bus (``"agent:"+nodeid``) and only to the session that asked.  Intel AMT power
+actions (``poweraction`` 302/308/310) go to the device's CIRA connection instead
+(:mod:`meshd.mps.amtpower`).  Unlike MeshCentral 1.1.55, moving a device between groups
+of different types answers an error instead of nothing (§12.4), and an unknown or hidden
+device is "Device not found" rather than a hint that it exists.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable, Coroutine, Optional
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from meshd.agent.identity import encode_id
@@ -58,6 +60,7 @@ from meshd.store.interface import Document
 
 LOCAL_DEVICE_TYPES = (4, 6, 29)  # Windows, Linux, macOS
 WINDOWS_AGENT_IDS = range(1, 5)
+_log = Logger()
 
 
 def _tag(call: Call) -> dict[str, Any]:
@@ -434,8 +437,26 @@ async def change_device_mesh(call: Call) -> None:
         call.result("ok")
 
 
+def _new_amt_credentials(node: Document, wanted: Any) -> bool:
+    """Store ``{user, pass}`` as the device's Intel AMT credentials (what power actions
+    over CIRA log in with) if they are usable and new; MeshCentral's ``changedevice``
+    takes them the same way.  Only for devices that have Intel AMT."""
+    amt = node.get("intelamt")
+    if not isinstance(amt, dict) or not isinstance(wanted, dict):
+        return False
+    user, password = wanted.get("user"), wanted.get("pass")
+    if not valid_str(user, 0, 64) or not valid_str(password, 0, 64) \
+            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in user):
+        return False
+    if (user, password) == (amt.get("user"), amt.get("pass")):
+        return False
+    node["intelamt"] = {**amt, "user": user, "pass": password}
+    return True
+
+
 async def changedevice(call: Call) -> None:
-    """``{nodeid, name?, desc?, icon?, host?, tags?, consent?, …port?}`` → ``result:"ok"``."""
+    """``{nodeid, name?, desc?, icon?, host?, tags?, consent?, …port?,
+    intelamt?:{user, pass}}`` → ``result:"ok"``."""
     cmd = call.command
     node_id = cmd.get("nodeid")
     if not valid_str(node_id, 1, 1024) or not in_domain(full_id("node", node_id), "node"):
@@ -473,6 +494,8 @@ async def changedevice(call: Call) -> None:
     if valid_str(cmd.get("desc"), 0, 1024) and cmd["desc"] != node.get("desc"):
         node["desc"] = cmd["desc"]
         changes.append("description")
+    if _new_amt_credentials(node, cmd.get("intelamt")):
+        changes.append("Intel AMT credentials")
     tags = cmd.get("tags")
     if tags == "" and "tags" in node:
         del node["tags"]
@@ -813,8 +836,16 @@ async def toast(call: Call) -> None:
     call.result("ok")
 
 
+#: Intel AMT power actions done over CIRA: power on (302), off (308), reset (310).
+AMT_POWER_ACTIONS = frozenset({302, 308, 310})
+
+
 async def poweraction(call: Call) -> None:
-    """``{nodeids, actiontype}`` → ``ok`` per device (the agent does the rest)."""
+    """``{nodeids, actiontype}`` → ``ok`` per device, whatever happens next.
+
+    Below 300 the agent does the rest.  302/308/310 are Intel AMT power on/off/reset:
+    sent over the device's CIRA connection by :mod:`meshd.mps.amtpower`, which records
+    the outcome as an ``amtpower`` device event; the reply does not wait for it."""
     cmd = call.command
     if not valid_str_list(cmd.get("nodeids"), 1, 1024) or not valid_int(cmd.get("actiontype"),
                                                                          0, 1000):
@@ -823,11 +854,24 @@ async def poweraction(call: Call) -> None:
     needed = MESHRIGHT_WAKEDEVICE if action_type == 302 else MESHRIGHT_RESETOFF
     access = await call.access()
     for raw_id in cmd["nodeids"]:
-        node, _mesh, rights = await node_with_rights(call.store, access, raw_id)
-        if node is not None and rights & needed and action_type < 300:
-            call.hub.send_to_agent(node["_id"], {"action": "poweraction",
-                                                 "actiontype": action_type})
+        node, mesh, rights = await node_with_rights(call.store, access, raw_id)
+        if node is not None and rights & needed:
+            if action_type < 300:
+                call.hub.send_to_agent(node["_id"], {"action": "poweraction",
+                                                     "actiontype": action_type})
+            elif action_type in AMT_POWER_ACTIONS:
+                _amt_power(call, node, mesh, action_type)
         call.result("ok")
+
+
+def _amt_power(call: Call, node: Document, mesh: Optional[Document], action_type: int) -> None:
+    amt_power = call.hub.amt_power
+    if amt_power is None:
+        _log.info("Intel AMT power action {action_type} on {node_id} ignored: no MPS",
+                  action_type=action_type, node_id=node["_id"])
+        return
+    amt_power.request(node, action_type, user_id=call.user_id, user_name=call.user.get("name"),
+                      targets=node_targets(node, mesh, [call.user_id]))
 
 
 async def wakedevices(call: Call) -> None:
