@@ -94,6 +94,14 @@ def client_ip(request: Request) -> str:
     return str(getattr(address, "host", "unknown"))
 
 
+# The login pages' policy: as strict as the app's (meshd.web.app), and no script at all.
+# Their look comes from the app's stylesheet (web/app.css), so nothing is inline.
+LOGIN_CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+
+
 def _security_headers(request: Request) -> None:
     request.setHeader(b"X-Content-Type-Options", b"nosniff")
     request.setHeader(b"X-Frame-Options", b"DENY")
@@ -101,53 +109,74 @@ def _security_headers(request: Request) -> None:
     # POST, which _same_origin must refuse.  same-origin still sends nothing elsewhere.
     request.setHeader(b"Referrer-Policy", b"same-origin")
     request.setHeader(b"Cache-Control", b"no-store")
-    request.setHeader(b"Content-Security-Policy",
-                      b"default-src 'self'; style-src 'self' 'unsafe-inline'; "
-                      b"frame-ancestors 'none'")
+    request.setHeader(b"Content-Security-Policy", LOGIN_CONTENT_SECURITY_POLICY.encode("ascii"))
 
 
-def page(title: str, body: str) -> bytes:
+def page(title: str, body: str, heading: str = "") -> bytes:
+    """A page of the login flow: the server's title, an optional heading, ``body``."""
+    name = html.escape(title)
+    subtitle = f'<h2 class="auth-heading">{html.escape(heading)}</h2>' if heading else ""
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif;max-width:28em;margin:3em auto;padding:0 1em}"
-        "label{display:block;margin:.6em 0}input{width:100%;padding:.4em}"
-        ".error{color:#a00}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1>{body}</body></html>\n"
+        "<meta name=\"color-scheme\" content=\"light dark\">"
+        f"<title>{name}</title>"
+        "<link rel=\"icon\" href=\"/app/icon.svg\" type=\"image/svg+xml\">"
+        "<link rel=\"stylesheet\" href=\"/app/app.css\"></head>"
+        "<body class=\"auth\"><main class=\"auth-card\">"
+        "<h1 class=\"auth-brand\"><img src=\"/app/icon.svg\" alt=\"\" width=\"32\" "
+        f"height=\"32\"><span>{name}</span></h1>{subtitle}{body}</main></body></html>\n"
     ).encode("utf-8")
 
 
+def _error(error: str) -> str:
+    return (f'<p class="error" role="alert" id="form-error">{html.escape(error)}</p>'
+            if error else "")
+
+
 def login_form(error: str = "", username: str = "", token: bool = False) -> str:
-    message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
-    code = ("<label>Authentication code <input name=\"token\" inputmode=\"numeric\" "
-            "autocomplete=\"one-time-code\" required></label>") if token else ""
+    # Where the cursor starts: the first field still to fill in.
+    focus_user = "" if username else " autofocus"
+    focus_password = " autofocus" if username else ""
+    described = ' aria-describedby="form-error"' if error else ""
+    code = ("<p class=\"hint\">Your account has two-factor authentication: enter your "
+            "password again and the code of your authenticator app, or a backup code.</p>"
+            "<label>Authentication code <input name=\"token\" inputmode=\"numeric\" "
+            "autocomplete=\"one-time-code\" maxlength=\"64\" required></label>"
+            ) if token else ""
     return (
-        f"{message}<form method=\"post\" action=\"/login\">"
+        f"{_error(error)}<form class=\"stacked auth-form\" method=\"post\" "
+        f"action=\"/login\"{described}>"
         "<label>User name <input name=\"username\" autocomplete=\"username\" "
-        f"value=\"{html.escape(username)}\" required autofocus></label>"
+        f"value=\"{html.escape(username)}\" required{focus_user}></label>"
         "<label>Password <input name=\"password\" type=\"password\" "
-        f"autocomplete=\"current-password\" required></label>{code}"
-        "<button type=\"submit\">Log in</button></form>"
+        f"autocomplete=\"current-password\" required{focus_password}></label>{code}"
+        "<button type=\"submit\" class=\"primary\">Log in</button></form>"
     )
 
 
 def create_form(first: bool, error: str = "", username: str = "", email: str = "") -> str:
-    intro = ("<p>This server has no account yet. The account you create now is the "
-             "site administrator.</p>") if first else "<p>Create an account.</p>"
-    message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    intro = ("<p class=\"hint\">This server has no account yet. The account you create now "
+             "is the site administrator.</p>") if first else ""
+    described = ' aria-describedby="form-error"' if error else ""
     return (
-        f"{intro}{message}<form method=\"post\" action=\"/createaccount\">"
+        f"{intro}{_error(error)}<form class=\"stacked auth-form\" method=\"post\" "
+        f"action=\"/createaccount\"{described}>"
         "<label>User name <input name=\"username\" autocomplete=\"username\" "
         f"value=\"{html.escape(username)}\" required autofocus></label>"
         "<label>E-mail (optional) <input name=\"email\" type=\"email\" "
-        f"value=\"{html.escape(email)}\"></label>"
+        f"autocomplete=\"email\" value=\"{html.escape(email)}\"></label>"
         "<label>Password <input name=\"password1\" type=\"password\" "
         "autocomplete=\"new-password\" required></label>"
         "<label>Password again <input name=\"password2\" type=\"password\" "
         "autocomplete=\"new-password\" required></label>"
-        "<button type=\"submit\">Create account</button></form>"
+        "<button type=\"submit\" class=\"primary\">Create account</button></form>"
+        + ("" if first else '<p class="auth-foot"><a href="/">Back to log in</a></p>')
     )
+
+
+def create_heading(first: bool) -> str:
+    return "Create the administrator" if first else "Create an account"
 
 
 def _arg(request: Request, name: bytes) -> str:
@@ -265,14 +294,14 @@ class LandingResource(Resource):
         await auth.ready()
         user = await auth.current_user(request)
         if user is not None:
-            # Logged in: the web app (meshd/web/app.py), under its own stricter CSP.
+            # Logged in: the web app (meshd/web/app.py), under its own CSP.
             app_security_headers(request)
             return app_page(user, auth.title)
         if await auth.accounts.count() == 0:
-            return page(auth.title, create_form(first=True))
-        extra = ('<p><a href="/createaccount">Create an account</a></p>'
+            return page(auth.title, create_form(first=True), create_heading(True))
+        extra = ('<p class="auth-foot"><a href="/createaccount">Create an account</a></p>'
                  if auth.new_accounts else "")
-        return page(auth.title, login_form() + extra)
+        return page(auth.title, login_form() + extra, "Log in")
 
 
 class LoginResource(_AuthPage):
@@ -305,7 +334,7 @@ class LoginResource(_AuthPage):
                       user_id=uid, ip=ip)
             return page(auth.title, login_form(
                 f"Too many failed logins. Try again in {minutes} minute"
-                f"{'s' if minutes != 1 else ''}.", username))
+                f"{'s' if minutes != 1 else ''}.", username), "Log in")
         user = await auth.accounts.authenticate(username, password)
         browser, system = describe(request.getHeader("user-agent"),
                                    request.getHeader("sec-ch-ua-platform"),
@@ -317,8 +346,8 @@ class LoginResource(_AuthPage):
         code = _arg(request, b"token").strip()[:64]
         if user is not None and has_second_factor(user) and not code:
             request.setResponseCode(401)
-            return page(auth.title, login_form("Enter the code of your authenticator app "
-                                               "or a backup code.", username, token=True))
+            return page(auth.title, login_form("", username, token=True),
+                        "Two-factor authentication")
         second: Optional[str] = None
         wrong_code = False
         if user is not None and has_second_factor(user):
@@ -334,7 +363,8 @@ class LoginResource(_AuthPage):
                 await self._failure_event(uid, username[:64], ip, login_args, wrong_code)
             request.setResponseCode(401)
             return page(auth.title, login_form("Invalid user name or password.", username,
-                                               token=bool(code)))
+                                               token=bool(code)),
+                        "Two-factor authentication" if code else "Log in")
         auth.limiter.success("ip:" + ip)
         auth.limiter.success("user:" + uid)
         # Failed attempts since the previous login are shown once, in the web app.
@@ -396,7 +426,7 @@ class CreateAccountResource(_AuthPage):
         if not first and not auth.new_accounts:
             request.setResponseCode(401)
             return page(auth.title, "<p>New accounts are not allowed on this server.</p>")
-        return page(auth.title, create_form(first))
+        return page(auth.title, create_form(first), create_heading(first))
 
     def render_POST(self, request: Request) -> object:
         return render_async(request, lambda: self._create(request))
@@ -424,7 +454,8 @@ class CreateAccountResource(_AuthPage):
             except AccountError as e:
                 request.setResponseCode(400)
                 return page(auth.title, create_form(first, str(e).capitalize() + ".",
-                                                    username, email or ""))
+                                                    username, email or ""),
+                            create_heading(first))
         finally:
             auth.create_lock.release()
         ip = client_ip(request)

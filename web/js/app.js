@@ -1,9 +1,10 @@
 import { canManageUsers } from "./accounts.js";
 import { ControlClient, STATES } from "./control.js";
+import { ConnectionNotices } from "./devicelist.js";
 import { h } from "./dom.js";
 import { DeviceModel, EventLog } from "./model.js";
 import { relayBase } from "./relay.js";
-import { parseRoute } from "./route.js";
+import { parseRoute, rememberRoute, takeRememberedRoute } from "./route.js";
 import { AccountView } from "./views/account.js";
 import { DeviceView } from "./views/device.js";
 import { DevicesView } from "./views/devices.js";
@@ -34,8 +35,14 @@ function meshKeys(account) {
 }
 
 // The whole app: shell, router, control channel, models and views.
-// `createWebSocket` and `location` are injected (main.js passes the browser's).
-export function startApp({ root, bootstrap, createWebSocket, url, location }) {
+// `createWebSocket`, `location` and `storage` are injected (main.js passes the browser's).
+export function startApp({ root, bootstrap, createWebSocket, url, location,
+                           storage = globalThis.sessionStorage }) {
+  // Back where the user was when the last session ended (see the "denied" handler).
+  const returnTo = takeRememberedRoute(storage);
+  if (returnTo && (!location.hash || location.hash === "#" || location.hash === "#/")) {
+    globalThis.history?.replaceState(null, "", returnTo);
+  }
   const client = new ControlClient({ url, createWebSocket });
   const devices = new DeviceModel();
   const events = new EventLog();
@@ -56,6 +63,7 @@ export function startApp({ root, bootstrap, createWebSocket, url, location }) {
   root.replaceChildren(header, main, toastRoot);
 
   const toasts = new Toasts(toastRoot);
+  const notices = new ConnectionNotices((text, kind) => toasts.show(text, kind));
   const origin = `${location.protocol}//${location.host}`;
   new DevicesView({ root: sections.devices, model: devices, client, toasts, origin,
     me: () => client.userinfo?._id });
@@ -135,12 +143,16 @@ export function startApp({ root, bootstrap, createWebSocket, url, location }) {
     const change = devices.applyEvent(event);
     if (!change) return;
     if (change.reload) reloadSoon();
-    if (change.connected === true) toasts.show(`${change.name || "A device"} connected`, "ok");
-    if (change.connected === false) toasts.show(`${change.name || "A device"} disconnected`, "warn");
+    if (change.connected !== undefined) notices.add(change.id, change.name, change.connected);
   });
   client.on("denied", ({ cause }) => {
-    // The session ended (logout elsewhere, expiry): back to the login page.
-    toasts.show(cause === "expired" ? "Your session expired" : "You are signed out", "warn");
+    // The session ended (logout elsewhere, expiry): back to the login page, which leads
+    // back here after logging in again.
+    rememberRoute(storage, location.hash);
+    deviceView.hide();
+    const text = cause === "expired" ? "Your session expired" : "Your session has ended";
+    toasts.show(`${text}: log in again to continue`, "warn");
+    status.textContent = "Signed out, going to the login page…";
     setTimeout(() => location.assign("/"), 1500);
   });
   client.connect();

@@ -16,6 +16,28 @@ export class DeviceModel {
     this.nodes = new Map();
     this.loaded = false;
     this._listeners = new Set();
+    // Device ids by group id, so a group's devices are found without walking the whole
+    // fleet (5000 devices and dozens of groups).  Every change of `nodes` goes through
+    // _put() and _drop(), which keep it current.
+    this._byMesh = new Map();
+  }
+
+  _put(node) {
+    const previous = this.nodes.get(node._id);
+    if (previous && previous.meshid !== node.meshid) {
+      this._byMesh.get(previous.meshid)?.delete(node._id);
+    }
+    this.nodes.set(node._id, node);
+    let ids = this._byMesh.get(node.meshid);
+    if (!ids) this._byMesh.set(node.meshid, ids = new Set());
+    ids.add(node._id);
+  }
+
+  _drop(id) {
+    const node = this.nodes.get(id);
+    if (!node) return;
+    this.nodes.delete(id);
+    this._byMesh.get(node.meshid)?.delete(id);
   }
 
   // fn(change): change is {kind: "reset"|"mesh"|"node", id, ...}
@@ -32,12 +54,13 @@ export class DeviceModel {
   load(meshes, nodesByMesh) {
     this.meshes.clear();
     this.nodes.clear();
+    this._byMesh.clear();
     for (const mesh of meshes || []) {
       if (mesh && typeof mesh._id === "string") this.meshes.set(mesh._id, mesh);
     }
     for (const [meshid, list] of Object.entries(nodesByMesh || {})) {
       for (const node of Array.isArray(list) ? list : []) {
-        if (node && typeof node._id === "string") this.nodes.set(node._id, { ...node, meshid });
+        if (node && typeof node._id === "string") this._put({ ...node, meshid });
       }
     }
     this.loaded = true;
@@ -57,7 +80,7 @@ export class DeviceModel {
         if (previous?.lastseen !== undefined && merged.lastseen === undefined) {
           merged.lastseen = previous.lastseen;
         }
-        this.nodes.set(node._id, merged);
+        this._put(merged);
         ids.push(node._id);
       }
     }
@@ -69,10 +92,18 @@ export class DeviceModel {
     return [...this.meshes.values()].sort(byName);
   }
 
-  devicesOf(meshid) {
+  // A group's devices, in no particular order.
+  nodesOf(meshid) {
     const found = [];
-    for (const node of this.nodes.values()) if (node.meshid === meshid) found.push(node);
-    return found.sort(byName);
+    for (const id of this._byMesh.get(meshid) || []) {
+      const node = this.nodes.get(id);
+      if (node) found.push(node);
+    }
+    return found;
+  }
+
+  devicesOf(meshid) {
+    return this.nodesOf(meshid).sort(byName);
   }
 
   // Apply one event; returns what happened, for notifications:
@@ -101,7 +132,8 @@ export class DeviceModel {
         const mesh = this.meshes.get(event.meshid);
         if (!mesh) return null;
         this.meshes.delete(event.meshid);
-        for (const [id, node] of this.nodes) if (node.meshid === event.meshid) this.nodes.delete(id);
+        for (const id of [...(this._byMesh.get(event.meshid) || [])]) this._drop(id);
+        this._byMesh.delete(event.meshid);
         return this._emit({ kind: "mesh", id: event.meshid, name: mesh.name, removed: true });
       }
       case "addnode": {
@@ -110,7 +142,7 @@ export class DeviceModel {
         const meshid = node.meshid ?? event.meshid;
         if (!this.meshes.has(meshid)) return { kind: "node", id: node._id, reload: true };
         const previous = this.nodes.get(node._id) || {};
-        this.nodes.set(node._id, { ...previous, ...node, meshid });
+        this._put({ ...previous, ...node, meshid });
         return this._emit({ kind: "node", id: node._id, name: node.name });
       }
       case "changenode": {
@@ -127,20 +159,20 @@ export class DeviceModel {
         const node = this.nodes.get(id);
         if (!this.meshes.has(event.newMeshId)) {
           if (node) {
-            this.nodes.delete(id);
+            this._drop(id);
             return this._emit({ kind: "node", id, name: node.name, removed: true });
           }
           return null;
         }
         const merged = { ...(node || {}), ...(event.node || {}), meshid: event.newMeshId };
         if (typeof merged._id !== "string") return null;
-        this.nodes.set(merged._id, merged);
+        this._put(merged);
         return this._emit({ kind: "node", id: merged._id, name: merged.name });
       }
       case "removenode": {
         const node = this.nodes.get(event.nodeid);
         if (!node) return null;
-        this.nodes.delete(event.nodeid);
+        this._drop(event.nodeid);
         return this._emit({ kind: "node", id: event.nodeid, name: node.name, removed: true });
       }
       case "nodeconnect": {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { deviceHref, parseRoute } from "../js/route.js";
+import { deviceHref, parseRoute, rememberRoute, takeRememberedRoute } from "../js/route.js";
 
 const VIEWS = ["devices", "events", "users", "account"];
 
@@ -21,4 +21,29 @@ test("a device address carries its node id, percent-encoded", () => {
   assert.deepEqual(parseRoute("#/device/", VIEWS), { view: "devices" });
   assert.deepEqual(parseRoute("#/device", VIEWS), { view: "devices" });
   assert.deepEqual(parseRoute("#/device/%E0%A4%A", VIEWS), { view: "devices" });
+});
+
+class FakeStorage {
+  constructor() { this.items = new Map(); }
+  getItem(key) { return this.items.has(key) ? this.items.get(key) : null; }
+  setItem(key, value) { this.items.set(key, String(value)); }
+  removeItem(key) { this.items.delete(key); }
+}
+
+test("the address at the end of a session is given back once after logging in", () => {
+  const storage = new FakeStorage();
+  rememberRoute(storage, "#/device/node%2F%2Fabc");
+  assert.equal(takeRememberedRoute(storage), "#/device/node%2F%2Fabc");
+  assert.equal(takeRememberedRoute(storage), null, "read once");
+  for (const bad of ["", "#", "javascript:alert(1)", "https://evil.example/#/x", "#/a b",
+    undefined]) {
+    rememberRoute(storage, bad);
+    assert.equal(takeRememberedRoute(storage), null, String(bad));
+  }
+  storage.setItem("meshd.returnTo", "//evil.example");
+  assert.equal(takeRememberedRoute(storage), null, "a stored value is checked again");
+  const broken = { getItem() { throw new Error("denied"); }, setItem() { throw new Error("denied"); } };
+  rememberRoute(broken, "#/events");
+  assert.equal(takeRememberedRoute(broken), null);
+  assert.equal(takeRememberedRoute(undefined), null);
 });

@@ -235,7 +235,7 @@ export class FilesPanel {
       const folder = entry.t === 2;
       const name = String(entry.n);
       const label = folder
-        ? h("button", { type: "button", class: "link file-open", text: `📁 ${name}`,
+        ? h("button", { type: "button", class: "link file-open", text: name,
           onclick: () => this.open(joinPath(this.path, name)) })
         : h("span", { class: "file-name", text: name });
       const row = h("tr", { class: "file", dataset: { name, type: folder ? "folder" : "file" } },
