@@ -37,6 +37,25 @@ def server_env() -> dict[str, str]:
     return env
 
 
+_AGENT_HOME: Optional[str] = None
+
+
+def agent_env() -> dict[str, str]:
+    """The environment of agents started by the tests: :func:`server_env` with a home
+    folder of their own, so the shells they open for terminal tests do not run the
+    machine user's ``~/.bashrc`` (a version manager's start-up there can hold a lock
+    that a killed shell leaves behind, and every later shell then waits for it)."""
+    global _AGENT_HOME
+    if _AGENT_HOME is None or not os.path.isdir(_AGENT_HOME):
+        _AGENT_HOME = tempfile.mkdtemp(prefix="meshd-test-home-")
+        atexit.register(shutil.rmtree, _AGENT_HOME, True)
+        for name in (".bashrc", ".profile"):
+            open(os.path.join(_AGENT_HOME, name), "w").close()
+    env = server_env()
+    env["HOME"] = _AGENT_HOME
+    return env
+
+
 def run_twistd(args: list[str], timeout: float = 60,
                cwd: Optional[str] = None) -> subprocess.CompletedProcess[str]:
     """Run twistd to completion (for start-up failures)."""
@@ -194,7 +213,7 @@ class PythonAgent:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "agentsrc", "--msh", self.msh_path, "--fastkey"],
-                cwd=ROOT, env=server_env(), stdout=log, stderr=subprocess.STDOUT,
+                cwd=ROOT, env=agent_env(), stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL)
         return self
 

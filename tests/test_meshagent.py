@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 from meshd.agent import identity
 from meshd.store.sqlite import SQLiteStore
 from tests.npmcache import meshagent_binary, meshcentral_package
-from tests.server import ServerProcess, agent_group, fresh_datapath
+from tests.server import ServerProcess, agent_env, agent_group, fresh_datapath
 
 
 class MeshAgentProcess:
@@ -37,7 +37,8 @@ class MeshAgentProcess:
     def start(self) -> None:
         self.log = open(os.path.join(self.folder, "stdout.log"), "wb")
         self.process = subprocess.Popen([self.binary, "connect"], cwd=self.folder,
-                                        stdout=self.log, stderr=subprocess.STDOUT,
+                                        env=agent_env(), stdout=self.log,
+                                        stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
 
     def stop(self) -> None:

@@ -25,7 +25,7 @@ from twisted.internet import defer, reactor, ssl
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.server import ROOT, ServerProcess, fresh_datapath, server_env
+from tests.server import ROOT, ServerProcess, agent_env, fresh_datapath
 
 
 class Client(WebSocketClientProtocol):
@@ -172,7 +172,7 @@ class AgentSetup:
         log = open(os.path.join(folder, "agent.log"), "ab")
         agent = subprocess.Popen(
             [sys.executable, "-m", "agentsrc", "--msh", os.path.join(folder, "meshagent.msh"),
-             "--fastkey"], cwd=ROOT, env=server_env(), stdout=log, stderr=subprocess.STDOUT,
+             "--fastkey"], cwd=ROOT, env=agent_env(), stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL)
         log.close()
         self.agent = agent
