@@ -94,7 +94,7 @@ class Client:
 class World:
     """A server without sockets: store, bus, presence, agents and the control hub."""
 
-    def __init__(self) -> None:
+    def __init__(self, server_warnings: tuple[str, ...] = ()) -> None:
         self.store = MemoryStore()
         self.store.open()
         self.clock = Clock()
@@ -115,7 +115,7 @@ class World:
                                             mpsport=4433, tls_hash="ab" * 48,
                                             agent_server_id="CD" * 48,
                                             cert_expire_ms=1),
-            random=self._random)
+            random=self._random, server_warnings=server_warnings)
 
     def _random(self, size: int) -> bytes:
         self.counter += 1
@@ -220,6 +220,16 @@ class FirstFramesTests(Base):
         self.assertNotIn("serverwarnings", [f["action"] for f in bob.frames])
         self.assertNotIn("serverwarnings",
                          [f["action"] for f in self.world.connect(uid).frames])
+
+    def test_server_warnings_from_start(self) -> None:
+        """Warnings given when the server is built (its configuration's) are sent to full
+        admins at login, each once."""
+        world = World(server_warnings=("Configuration: a", "Configuration: a",
+                                       "Configuration: b"))
+        admin = world.connect(world.add_user("admin", SITERIGHT_ADMIN))
+        self.assertEqual(admin.frames[-1], {"action": "serverwarnings", "warnings": [
+            {"msg": "Configuration: a", "id": 0, "args": []},
+            {"msg": "Configuration: b", "id": 0, "args": []}]})
 
     def test_failed_logins_notice(self) -> None:
         """Failed logins since the previous login are told as MeshCentral's notify."""

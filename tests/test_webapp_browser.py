@@ -273,6 +273,62 @@ class LoginTests(BrowserTestCase):
         self.assertEqual(request(self.server, "GET", "/app/tests/control.test.js").status, 404)
 
 
+class NoticeTests(BrowserTestCase):
+    """What the server tells a user at login: failed logins, and to administrators the
+    server's warnings."""
+
+    def test_failed_logins_since_the_last_one(self) -> None:
+        """After failed attempts on an account, its next login shows how many there were,
+        once."""
+        name = "notice-" + uuid.uuid4().hex[:8]
+        result = admin(self.server.datapath, "createaccount", name, "--pass", PASSWORD)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        session = self.session()
+        page = session.page
+        self.log_in(session, name)
+        page.click("#logout")
+        page.wait_for_selector("form[action='/login']")
+        for _ in range(2):
+            self.assertEqual(login(self.server, name, "not the password").status, 401)
+        self.log_in(session, name)
+        toast = page.wait_for_selector(".toast:has-text('failed login attempts')")
+        self.assertEqual(toast.text_content(), "Security Warning: There has been 2 failed "
+                         "login attempts on this account since the last login.")
+        page.reload()
+        page.wait_for_selector("#connection[data-state=open]")
+        page.wait_for_timeout(500)
+        self.assertEqual(page.locator(".toast:has-text('failed login')").count(), 0)
+        self.assertFalse(page.is_visible("#server-warnings"))
+        self.assertNoErrors(session)
+
+    def test_server_warnings_for_administrators(self) -> None:
+        """A configuration the server partly ignores is shown to site administrators as
+        a warning, and to nobody else."""
+        datapath = fresh_datapath()
+        config = os.path.join(datapath, "meshd.json")
+        with open(config, "w", encoding="utf-8") as f:
+            json.dump({"domains": {"": {"title": "Warned", "footer": "ignored"}}}, f)
+        server = ServerProcess(datapath, extra=["--config", config]).start()
+        self.addCleanup(server.stop)
+        for name, rights in (("admin", ["--siteadmin"]), ("plain", [])):
+            result = admin(datapath, "createaccount", name, "--pass", PASSWORD, *rights)
+            self.assertEqual(result.returncode, 0, result.stderr)
+        base, self.base = self.base, f"https://127.0.0.1:{server.port}"
+        self.addCleanup(setattr, self, "base", base)
+        session = self.session()
+        page = session.page
+        self.log_in(session)
+        warning = page.wait_for_selector("#server-warnings .server-warning")
+        self.assertEqual(warning.text_content(), "Configuration: domains..footer: "
+                         "MeshCentral option not supported by meshd; ignored")
+        page.click("#logout")
+        page.wait_for_selector("form[action='/login']")
+        self.log_in(session, "plain")
+        page.wait_for_timeout(500)
+        self.assertFalse(page.is_visible("#server-warnings"))
+        self.assertNoErrors(session)
+
+
 class LoginPageTests(BrowserTestCase):
     """The login and first-run pages: the app's stylesheet, a strict policy, keyboard use."""
 

@@ -37,6 +37,10 @@ MAX_MESSAGE = 4 * 1024 * 1024  # largest frame a client may send (runcommands sc
 RunBlocking = Callable[..., "Deferred[Any]"]
 
 
+def _warning(msg: str, args: Optional[list[Any]] = None) -> dict[str, Any]:
+    return {"msg": msg, "id": 0, "args": list(args or [])}
+
+
 class ControlHub:
     _log = Logger()
 
@@ -59,8 +63,8 @@ class ControlHub:
         #: What full administrators are told on login (``serverwarnings``): configuration
         #: problems found at start, and what :meth:`add_warning` adds while running.
         self.server_warnings: list[dict[str, Any]] = []
-        for warning in server_warnings:
-            self.add_warning(warning)
+        for text in dict.fromkeys(server_warnings):
+            self.server_warnings.append(_warning(text))
         self.bus = bus
         self.presence = presence
         self.accounts = accounts
@@ -106,7 +110,7 @@ class ControlHub:
         """A warning for full administrators, sent on their next login and to those
         logged in now (MeshCentral's ``{msg, id, args}``; id 0: no translated text, so
         MeshCentral's web app shows ``msg``)."""
-        warning = {"msg": msg, "id": 0, "args": list(args or [])}
+        warning = _warning(msg, args)
         if warning in self.server_warnings:
             return
         self.server_warnings.append(warning)

@@ -59,8 +59,11 @@ export function startApp({ root, bootstrap, createWebSocket, url, location,
   const sections = Object.fromEntries([...VIEWS, ["device", "Device"]].map(([id, title]) =>
     [id, h("section", { id: `view-${id}`, class: "view", "aria-label": title, hidden: true })]));
   const toastRoot = h("div", { id: "toasts" });
+  // What the server tells full administrators (configuration problems and the like).
+  const warnings = h("div", { id: "server-warnings", class: "server-warnings", role: "alert",
+    hidden: true });
   const main = h("main", { id: "main" }, Object.values(sections));
-  root.replaceChildren(header, main, toastRoot);
+  root.replaceChildren(header, warnings, main, toastRoot);
 
   const toasts = new Toasts(toastRoot);
   const notices = new ConnectionNotices((text, kind) => toasts.show(text, kind));
@@ -128,6 +131,23 @@ export function startApp({ root, bootstrap, createWebSocket, url, location,
   client.on("open", reload);
   client.on("userinfo", (message) => {
     if (message.userinfo && typeof message.userinfo === "object") setUser(message.userinfo);
+  });
+  client.on("serverwarnings", (message) => {
+    const shown = new Set([...warnings.children].map((item) => item.textContent));
+    for (const warning of Array.isArray(message.warnings) ? message.warnings : []) {
+      const text = typeof warning === "string" ? warning : warning?.msg;
+      if (typeof text !== "string" || !text || shown.has(text)) continue;
+      shown.add(text);
+      warnings.append(h("p", { class: "server-warning", text }));
+    }
+    warnings.hidden = warnings.children.length === 0;
+  });
+  client.on("msg", (message) => {
+    // Notices for this user, such as failed logins since the last one.
+    if (message.type === "notify" && typeof message.value === "string") {
+      const title = typeof message.title === "string" && message.title ? `${message.title}: ` : "";
+      toasts.show(`${title}${message.value}`, "warn");
+    }
   });
   client.on("event", (event) => {
     events.add(event);
