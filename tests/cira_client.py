@@ -27,7 +27,7 @@ import os
 import re
 import time
 import uuid
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener
@@ -118,6 +118,22 @@ class DeviceChannel:
         self.when_closed.callback(None)
 
 
+def http_requests(holder: Any) -> Iterator[tuple[bytes, bytes]]:
+    """The complete requests (head, ``Content-Length`` body) at the start of
+    ``holder.buffer``, each taken out of it as it is yielded."""
+    while b"\r\n\r\n" in holder.buffer:
+        head, rest = holder.buffer.split(b"\r\n\r\n", 1)
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        if len(rest) < length:
+            return
+        body, holder.buffer = rest[:length], rest[length:]
+        yield head, body
+
+
 class HttpResponder:
     """A WSMAN-like HTTP server on a channel: answers each complete request (headers plus
     ``Content-Length`` body) with a small SOAP-ish XML body naming the request."""
@@ -128,16 +144,7 @@ class HttpResponder:
 
     def data_received(self, channel: DeviceChannel, data: bytes) -> None:
         self.buffer += data
-        while b"\r\n\r\n" in self.buffer:
-            head, rest = self.buffer.split(b"\r\n\r\n", 1)
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value.strip())
-            if len(rest) < length:
-                return
-            body, self.buffer = rest[:length], rest[length:]
+        for head, body in http_requests(self):
             self.requests.append(head + b"\r\n\r\n" + body)
             request_line = head.split(b"\r\n", 1)[0]
             reply = (b"<?xml version=\"1.0\"?><Envelope><Body><Answer request=\""
@@ -335,16 +342,7 @@ class _AmtWsmanChannel:
 
     def data_received(self, channel: DeviceChannel, data: bytes) -> None:
         self.buffer += data
-        while b"\r\n\r\n" in self.buffer:
-            head, rest = self.buffer.split(b"\r\n\r\n", 1)
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value.strip())
-            if len(rest) < length:
-                return
-            body, self.buffer = rest[:length], rest[length:]
+        for head, body in http_requests(self):
             answer = self.amt.answer(head, body)
             if answer is not None:
                 channel.write(answer)
