@@ -165,14 +165,24 @@ class SessionTests(TestCase):
         self.assertEqual(wire.sent[-1], b'{"action":"pong"}')
 
     async def test_coreinfo_updates_node(self) -> None:
-        """coreinfo updates the device record."""
+        """coreinfo updates the device record and tells users (changenode) when
+        something changed, and only then."""
         session, _wire, _agent = self.connect()
-        session.frame_received(b'{"action":"coreinfo","osdesc":"Debian 12","value":"v1",'
-                               b'"root":true}')
+        heard: list[dict[str, Any]] = []
+        self.bus.subscribe([session.node_key], heard.append)
+        coreinfo = (b'{"action":"coreinfo","osdesc":"Debian 12","value":"v1",'
+                    b'"root":true}')
+        session.frame_received(coreinfo)
         node = await self.store.get(session.node_key)
         assert node is not None
         self.assertEqual((node["osdesc"], node["agent"]["core"], node["agent"]["root"]),
                          ("Debian 12", "v1", True))
+        [event] = [e for e in heard if e.get("action") == "changenode"]
+        self.assertEqual((event["nodeid"], event["node"]["osdesc"], event["nolog"]),
+                         (session.node_key, "Debian 12", 1))
+        session.frame_received(coreinfo)
+        await self.store.get(session.node_key)
+        self.assertEqual(len([e for e in heard if e.get("action") == "changenode"]), 1)
 
     def test_garbage_after_auth_closes(self) -> None:
         """A malformed binary frame after authentication closes that connection only."""

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from meshd.agent.core import Core
 from meshd.agent.session import AgentSession
 from meshd.agent.wire import AgentInfo
+from meshd.control.views import safe_node
 from meshd.events import IEventBus, publish_and_store
 from meshd.presence import CONN_AGENT, Connection, IPresence
 from meshd.store.interface import IStore, StoreUnavailable
@@ -87,7 +88,8 @@ class AgentManager:
         targets = [session.node_key, "*", mesh]
         if created:
             self._write(publish_and_store(self.bus, self.store, targets, {
-                "etype": "node", "action": "addnode", "node": node, "nodeid": node["_id"],
+                "etype": "node", "action": "addnode", "node": safe_node(node),
+                "nodeid": node["_id"],
                 "domain": self.domain, "msgid": 84, "msg": f"Added device {node.get('name')} to group"},
                 self.clock.seconds))
         self.bus.publish(targets, {"action": "nodeconnect", "meshid": mesh,
@@ -138,10 +140,17 @@ class AgentManager:
             node = await self.store.get(node_key)
             if node is None:
                 return
+            before = (dict(node), dict(node.get("agent") or {}))
             node.update(changes)
             if agent_changes:
                 node["agent"] = {**node.get("agent", {}), **agent_changes}
+            if (dict(node), dict(node.get("agent") or {})) == before:
+                return
             await self.store.set(node)
+            # Users see the new OS or agent core at once (MeshCentral: changenode, nolog).
+            self.bus.publish([node_key, "*", node.get("meshid", "")], {
+                "etype": "node", "action": "changenode", "nodeid": node_key,
+                "node": safe_node(node), "nolog": 1, "domain": self.domain})
 
         self._write(Deferred.fromCoroutine(update()))
 
