@@ -49,13 +49,15 @@ class FakeAgents:
 class Client:
     """One user session; ``frames`` holds everything the server sent, decoded."""
 
-    def __init__(self, world: "World", user_id: str, failed_logins: int = 0) -> None:
+    def __init__(self, world: "World", user_id: str, failed_logins: int = 0,
+                 web_session: Optional[str] = None) -> None:
         self.world = world
         self.frames: list[dict[str, Any]] = []
         self.closed = False
         user = world.store._documents[user_id]
         self.session = ControlSession(world.hub, dict(user), self._send, self._close,
-                                      peer="127.0.0.1", failed_logins=failed_logins)
+                                      peer="127.0.0.1", failed_logins=failed_logins,
+                                      web_session=web_session)
         self.session.start()
 
     def _send(self, text: str) -> None:
@@ -243,6 +245,21 @@ class FirstFramesTests(Base):
             "account since the last login.", "titleid": 3, "msgid": 12, "args": [4]})
         self.assertIsInstance(notice["id"], float)
         self.assertNotIn("msg", [f["action"] for f in self.world.connect(uid).frames])
+
+    def test_logout_closes_that_web_sessions_channels(self) -> None:
+        """Logging out of one web session closes the channels it opened, not the user's
+        others; closing the user closes them all."""
+        from meshd.control.hub import INTERNAL
+        uid = self.world.add_user("bob", password="secret password")
+        first = Client(self.world, uid, web_session="websession/a")
+        second = Client(self.world, uid, web_session="websession/b")
+        tool = Client(self.world, uid)
+        self.world.bus.publish([uid], {INTERNAL: "close", "userid": uid,
+                                       "websession": "websession/a"})
+        self.assertEqual((first.session.closed, second.session.closed, tool.session.closed),
+                         (True, False, False))
+        self.world.hub.close_user(uid)
+        self.assertEqual((second.session.closed, tool.session.closed), (True, True))
 
     def test_session_count_event_goes_to_others(self) -> None:
         """A new session is announced to admins, not to itself."""

@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from meshd.accounts import Accounts
+from meshd.events import LocalEventBus
 from meshd.ratelimit import FailureLimiter
 from meshd.store.memory import MemoryStore
 from meshd.web import build_root
@@ -28,10 +29,12 @@ class LoginPageTests(TestCase):
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.accounts = Accounts(self.store, now=self.clock.seconds, run_blocking=run_now)
+        self.bus = LocalEventBus()
         auth = WebAuth(store=self.store, accounts=self.accounts,
                        sessions=Sessions(self.store, now=self.clock.seconds, idle_seconds=600),
                        limiter=FailureLimiter(2, 600, 600), now=self.clock.seconds,
-                       title="T", new_accounts=False, ready=lambda: defer.succeed(None))
+                       title="T", new_accounts=False, ready=lambda: defer.succeed(None),
+                       bus=self.bus)
         self.treq = StubTreq(build_root(clock=self.clock, started_at=0, title="T",
                                         listeners=lambda: [], auth=auth))
 
@@ -121,6 +124,21 @@ class LoginPageTests(TestCase):
                                    token="12345678")
         self.assertEqual(response.code, 303)
         self.assertEqual((await self.events("login"))[-1]["twoFactorType"], "backup")
+
+    async def test_logout_signals_its_channels(self) -> None:
+        """Logging out tells the control channels of that web session to close."""
+        from meshd.control.hub import INTERNAL
+        await self.accounts.create("alice", "alice password")
+        response = await self.post("/login", username="alice", password="alice password")
+        cookie = response.cookies()["xid"]
+        record = await Sessions(self.store, now=self.clock.seconds, idle_seconds=600
+                                ).lookup(cookie)
+        heard: list[dict[str, Any]] = []
+        self.bus.subscribe(["user//alice"], heard.append)
+        await self.treq.get("https://h.example.com/logout", cookies={"xid": cookie},
+                            allow_redirects=False)
+        self.assertIn({INTERNAL: "close", "userid": "user//alice",
+                       "websession": record["_id"]}, heard)
 
     async def test_garbage_form(self) -> None:
         """Missing or non-UTF-8 fields are a failed login, not an error."""

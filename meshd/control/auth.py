@@ -78,6 +78,9 @@ class AuthResult:
     #: Failed logins on the account since its previous login, to tell the user (once,
     #: on the first control channel of a new web session).
     failed_logins: int = 0
+    #: The web session (its record id) a cookie login came from: logging out of it
+    #: closes this channel too.
+    web_session: Optional[str] = None
 
 
 def parse_meshauth(value: str) -> Optional[tuple[str, str, Optional[str]]]:
@@ -147,7 +150,8 @@ class Authenticator:
                 if user is not None and not is_locked(user):
                     failed = await self._web_sessions.take_failed_logins(record)
                     return self._enrolment_gate(
-                        AuthResult(user=user, method="session", failed_logins=failed),
+                        AuthResult(user=user, method="session", failed_logins=failed,
+                                   web_session=record.get("_id")),
                         enrolment)
         return AuthResult(close=close_message("noauth"))
 
@@ -202,7 +206,7 @@ class Authenticator:
         if not enrolment:
             return AuthResult(close={**token_required(), "otpsetup": True})
         return AuthResult(user=result.user, method=result.method, enrolment_only=True,
-                          failed_logins=result.failed_logins)
+                          failed_logins=result.failed_logins, web_session=result.web_session)
 
     def _failed(self, keys: list[str]) -> None:
         if self._limiter is not None:

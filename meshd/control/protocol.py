@@ -84,7 +84,8 @@ class ControlProtocol(WebSocketServerProtocol):
         assert result.user is not None
         self.session = ControlSession(self.hub, result.user, self._send_text, self._close,
                                       self._peer, login_token=result.login_token,
-                                      failed_logins=result.failed_logins)
+                                      failed_logins=result.failed_logins,
+                                      web_session=result.web_session)
         self.session.start()
 
     def _refuse(self, message: dict[str, Any]) -> None:

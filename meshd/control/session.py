@@ -106,7 +106,8 @@ class ControlSession:
 
     def __init__(self, hub: ControlHub, user: Document, send: Callable[[str], None],
                  close: Callable[[], None], peer: str = "",
-                 login_token: Optional[str] = None, failed_logins: int = 0) -> None:
+                 login_token: Optional[str] = None, failed_logins: int = 0,
+                 web_session: Optional[str] = None) -> None:
         from meshd.control.actions import ACTIONS  # the table imports Call from here
 
         self.hub = hub
@@ -116,6 +117,7 @@ class ControlSession:
         self.peer = peer
         self.login_token = login_token
         self.failed_logins = failed_logins
+        self.web_session = web_session
         self.session_id = f"{self.user_id}/{hub.random(20).hex()}"
         self._actions: dict[str, Handler] = ACTIONS
         self._send_text = send
@@ -312,7 +314,9 @@ class ControlSession:
             return
         signal = event.get(INTERNAL)
         if signal is not None:
-            if event.get("userid") == self.user_id:
+            # A signal for one web session (its logout) is for the channels it opened.
+            if event.get("userid") == self.user_id and event.get(
+                    "websession", self.web_session) == self.web_session:
                 self._on_signal(signal)
             return
         if event.get("action") == "agentmsg":

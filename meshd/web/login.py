@@ -27,6 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from meshd.accounts import AccountError, Accounts, is_locked, user_id
+from meshd.control.hub import INTERNAL
 from meshd.control.twofactor import check_second_factor, has_second_factor
 from meshd.events import IEventBus, LocalEventBus, publish_and_store
 from meshd.ratelimit import FailureLimiter
@@ -410,6 +411,9 @@ class LogoutResource(_AuthPage):
         _clear_session_cookie(request)
         if record is not None:
             _log.info("{user_id} logged out", user_id=record["userid"])
+            # The app's control channels of this web session end with it.
+            auth.bus.publish([record["userid"]], {INTERNAL: "close", "userid": record["userid"],
+                                                  "websession": record["_id"]})
             await auth.user_event(record["userid"], record["userid"].split("/", 2)[-1],
                                   record.get("domain", ""), "logout", "Account logout", msgid=2)
         return _to_home(request)
