@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import re
+import sys
 import time
 import uuid
 from typing import Any, Callable, Optional
@@ -863,6 +864,151 @@ def wait_for_prompt(page: Any) -> None:
         raise AssertionError("no prompt: " + repr(page.inner_text("#terminal-screen .xterm-rows")))
 
 
+# A simulated Intel AMT device over CIRA (tests/cira_client.py) in a process of its own, as
+# the browser tests run without a reactor: it writes its node id, whether it is logged in,
+# and the power states its WSMAN service was asked for to a JSON file.
+CIRA_DEVICE_SCRIPT = r"""
+import json, os, sys
+from twisted.internet import reactor, task
+from meshd.mps.cira import cira_node_id
+from tests.cira_client import AmtWsman, CiraDevice, client_context, connect_device
+
+port, user, password, amt_password, out = sys.argv[1:6]
+amt = AmtWsman("admin", amt_password)
+device = CiraDevice(user, password.encode(), services={16992: amt.service})
+device.ready.addErrback(lambda failure: print(failure, file=sys.stderr))
+
+def write():
+    with open(out + ".tmp", "w") as f:
+        json.dump({"node": cira_node_id("", device.system_id), "ready": device.ready.called,
+                   "power": amt.power_states}, f)
+    os.replace(out + ".tmp", out)
+
+connect_device(reactor, "127.0.0.1", int(port), device, client_context(False))
+task.LoopingCall(write).start(0.1)
+device.closed.addBoth(lambda _: reactor.stop())
+reactor.run()
+"""
+AMT_PASSWORD = "P@ssw0rd!"
+
+
+class AmtPowerTests(BrowserTestCase):
+    """Intel AMT power actions on a device's page, with a simulated device over CIRA."""
+
+    def cira_device(self, meshid: str) -> tuple[str, Callable[[], dict[str, Any]]]:
+        """Connect a simulated AMT device to the group: (node id, its state reader)."""
+        import subprocess
+        import tempfile
+
+        from tests.server import server_env
+
+        result = admin(self.server.datapath, "ciracredentials", meshid)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        lines = dict(line.split(" ", 2)[1:] for line in result.stdout.splitlines()[:2])
+        folder = tempfile.mkdtemp(prefix="meshd-cira-")
+        out = os.path.join(folder, "device.json")
+        process = subprocess.Popen(
+            [sys.executable, "-c", CIRA_DEVICE_SCRIPT, str(self.server.mpsport), lines["user"],
+             lines["password"], AMT_PASSWORD, out],
+            cwd=ROOT, env=server_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(folder, "stderr"), "w"))
+
+        def stop() -> None:
+            process.terminate()
+            process.wait(10)
+        self.addCleanup(stop)
+
+        def state() -> dict[str, Any]:
+            try:
+                with open(out, encoding="utf-8") as f:
+                    return dict(json.load(f))
+            except (OSError, ValueError):
+                return {}
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                with open(os.path.join(folder, "stderr"), encoding="utf-8") as f:
+                    raise AssertionError(f"the CIRA device ended: {f.read()[-3000:]}")
+            return bool(state().get("ready"))
+        wait_for(ready, 30, "the CIRA device to log in")
+        return state()["node"], state
+
+    def test_power_on_off_reset_and_rights(self) -> None:
+        """An administrator opens a CIRA device's page: the facts say it is connected over
+        CIRA; Power on reaches the device as PowerState 2 and the outcome shows as a toast
+        and in the device's events; Power off asks first (Escape cancels, nothing is
+        sent), Reset after confirming reaches it as 10.  A user with remote control only
+        sees no power buttons; one who may also wake devices sees Power on only."""
+        session = self.session()
+        self.log_in(session)
+        page = session.page
+        tag = uuid.uuid4().hex[:6]
+        created = page.evaluate("(name) => meshd.client.request('createmesh', "
+                                "{meshname: name, meshtype: 1})", "amt-" + tag)
+        self.assertEqual(created.get("result"), "ok", created)
+        meshid = created["meshid"]
+        nodeid, device = self.cira_device(meshid)
+        changed = page.evaluate("([nodeid, pass]) => meshd.client.call('changedevice', "
+                                "{nodeid, intelamt: {user: 'admin', pass}})",
+                                [nodeid, AMT_PASSWORD])
+        self.assertEqual(changed.get("result"), "ok", changed)
+
+        page.goto(f"{self.base}/#/device/{nodeid}")
+        page.wait_for_selector("#device-state[data-online='1']")
+        page.wait_for_selector("#device-facts dd[data-fact='Intel AMT']")
+        self.assertEqual(page.text_content("#device-facts dd[data-fact='Intel AMT']"),
+                         "Connected over CIRA")
+        self.assertEqual(page.text_content("#device-facts dd[data-fact='State']"),
+                         "Online (Intel AMT CIRA)")
+        self.assertEqual([b.text_content() for b in page.query_selector_all(
+            "#amt-power button")], ["Power on", "Power off", "Reset"])
+
+        page.click("#amt-on")
+        toast = page.wait_for_selector(".toast-ok:has-text('Intel AMT power on')",
+                                       timeout=30000)
+        self.assertEqual(toast.text_content(),
+                         "Intel AMT power on: Completed with No Error (ReturnValue 0)")
+        wait_for(lambda: device().get("power") == [[2, "admin"]], 10, "power state 2")
+        page.wait_for_selector("#device-event-rows tr[data-action='amtpower']"
+                               ":has-text('Intel AMT power on')")
+        self.assertIn("Completed", page.text_content("#amt-power-status") or "")
+        self.shot(session, "device-amt")
+
+        # Off asks first; Escape (the dialog's cancel) sends nothing.
+        page.focus("#amt-off")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#device-dialog[open] #amt-confirm")
+        self.assertIn("Power off", page.text_content("#device-dialog h2") or "")
+        page.keyboard.press("Escape")
+        page.wait_for_selector("#device-dialog:not([open])", state="attached")
+        page.click("#amt-reset")
+        page.click("#device-dialog[open] #amt-confirm")
+        page.wait_for_selector(".toast-ok:has-text('Intel AMT reset')", timeout=30000)
+        wait_for(lambda: device().get("power") == [[2, "admin"], [10, "admin"]], 10,
+                 "power state 10")
+        self.assertNoErrors(session)
+
+        # Users with fewer rights on the group.
+        for name, rights, wanted in (("amtview" + tag, 0x8, []),
+                                     ("amtwake" + tag, 0x8 | 0x40, ["Power on"])):
+            make_user(self.server, name, "User-Pass-123")
+            granted = page.evaluate("([meshid, name, rights]) => meshd.client.request("
+                                    "'addmeshuser', {meshid, usernames: [name], "
+                                    "meshadmin: rights})", [meshid, name, rights])
+            self.assertIn("Added user", str(granted.get("result")), granted)
+            other = self.session()
+            self.log_in(other, name, "User-Pass-123")
+            other.page.goto(f"{self.base}/#/device/{nodeid}")
+            other.page.wait_for_selector("#device-facts dd[data-fact='Intel AMT']")
+            other.page.wait_for_timeout(300)
+            self.assertEqual([b.text_content() for b in other.page.query_selector_all(
+                "#amt-power button")], wanted, name)
+            self.assertEqual(other.page.is_visible("#amt-power"), bool(wanted), name)
+            self.assertNoErrors(other)
+        self.assertEqual(len(device()["power"]), 2)
+
+
+
 def make_user(server: ServerProcess, name: str, password: str = "User-Pass-123") -> None:
     result = admin(server.datapath, "createaccount", name, "--pass", password)
     if result.returncode != 0:
@@ -1076,7 +1222,7 @@ class GroupRightsTests(BrowserTestCase):
 
 
 class AccountTests(BrowserTestCase):
-    """My account: password and two-factor authentication."""
+    """My account: password, two-factor authentication, recent logins."""
 
     def test_change_password(self) -> None:
         """A wrong current password is refused with a message; the right one changes it
@@ -1105,6 +1251,36 @@ class AccountTests(BrowserTestCase):
         page.wait_for_selector("input[name=username]")
         self.log_in(session, name, "New-Pass-456")
         self.assertEqual(page.text_content("#current-user"), name)
+        self.assertNoErrors(session)
+
+    def test_previous_logins(self) -> None:
+        """My account lists the account's logins and failed logins, newest first: log in,
+        a failed attempt with a wrong password, log in again."""
+        name = "l" + uuid.uuid4().hex[:6]
+        make_user(self.server, name, "Login-Pass-123")
+        session = self.session()
+        page = session.page
+        self.log_in(session, name, "Login-Pass-123")
+        page.click("#logout")
+        page.wait_for_selector("input[name=username]")
+        self.assertEqual(login(self.server, name, "not the password").status, 401)
+        self.log_in(session, name, "Login-Pass-123")
+        page.click("#nav-account")
+        page.wait_for_selector("#login-rows tr.login:nth-child(3)")
+        rows = page.eval_on_selector_all("#login-rows tr", "rows => rows.map(row => "
+                                         "[...row.cells].map(cell => cell.textContent))")
+        self.assertEqual([row[1] for row in rows], ["Logged in", "Wrong password", "Logged in"])
+        self.assertEqual([row[2] for row in rows], ["127.0.0.1"] * 3)
+        self.assertTrue(rows[0][3].startswith("Chrome"), rows[0])
+        self.assertTrue(all(row[0] for row in rows), rows)
+        self.assertEqual(page.get_attribute("#login-rows tr:nth-child(2)", "data-failed"), "1")
+        self.assertEqual(page.get_attribute("#login-rows tr:nth-child(1)", "data-failed"), "0")
+        self.assertTrue(page.is_hidden("#logins-status"))
+        page.focus("#logins-refresh")
+        page.keyboard.press("Enter")
+        page.wait_for_timeout(300)
+        self.assertEqual(page.locator("#login-rows tr").count(), 3)
+        self.shot(session, "account-logins")
         self.assertNoErrors(session)
 
     def test_totp_enrolment_and_login(self) -> None:

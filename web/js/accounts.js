@@ -200,3 +200,47 @@ export function groupMembers(mesh) {
       return left < right ? -1 : left > right ? 1 : a.id < b.id ? -1 : 1;
     });
 }
+
+// The `previousLogins` answer: msgid → what happened (MeshCentral's login events).
+const LOGIN_KINDS = {
+  107: ["Logged in", false],
+  108: ["Wrong second factor", true],
+  109: ["Account locked", true],
+  110: ["Wrong password", true],
+};
+
+function loginText(value) {
+  return typeof value === "string" || typeof value === "number" ? String(value) : "";
+}
+
+// One entry `{t, m, a:[ip, browser, os], tn?}` → {time, what, failed, address, browser,
+// os, token}; time is the ISO text (or ms number) as sent.
+export function describeLogin(entry) {
+  const item = entry && typeof entry === "object" ? entry : {};
+  const args = Array.isArray(item.a) ? item.a : [];
+  const [what, failed] = LOGIN_KINDS[Number(item.m)] ?? [`Event ${loginText(item.m) || "?"}`,
+    false];
+  const token = loginText(item.tn);
+  return {
+    time: typeof item.t === "string" || typeof item.t === "number" ? item.t : "",
+    what: token ? `${what} (login token ${token})` : what,
+    failed,
+    address: loginText(args[0]),
+    browser: loginText(args[1]),
+    os: loginText(args[2]),
+  };
+}
+
+function loginTime(value) {
+  const ms = typeof value === "number" ? value : Date.parse(String(value));
+  return Number.isNaN(ms) ? -Infinity : ms;
+}
+
+// All entries described, newest first (entries without a valid time last).
+export function describeLogins(events, limit = 100) {
+  return (Array.isArray(events) ? events : [])
+    .filter((entry) => entry && typeof entry === "object")
+    .map(describeLogin)
+    .sort((a, b) => loginTime(b.time) - loginTime(a.time))
+    .slice(0, limit);
+}

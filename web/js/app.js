@@ -71,7 +71,7 @@ export function startApp({ root, bootstrap, createWebSocket, url, location,
   new DevicesView({ root: sections.devices, model: devices, client, toasts, origin,
     me: () => client.userinfo?._id });
   const deviceView = new DeviceView({ root: sections.device, model: devices, client, toasts,
-    createWebSocket, relayBase: relayBase(location) });
+    createWebSocket, relayBase: relayBase(location), user: () => user });
   new EventsView({ root: sections.events, log: events });
   const usersView = new UsersView({ root: sections.users, client, toasts,
     me: () => client.userinfo?._id });
@@ -84,6 +84,7 @@ export function startApp({ root, bootstrap, createWebSocket, url, location,
     const allowed = canManageUsers(user);
     nav.querySelector("#nav-users").hidden = !allowed;
     if (current === "users" && !allowed) route();
+    deviceView.renderInfo();
   }
   function route() {
     const wanted = parseRoute(location.hash, VIEWS.map(([id]) => id));
@@ -97,6 +98,7 @@ export function startApp({ root, bootstrap, createWebSocket, url, location,
     if (id === "device") deviceView.show(wanted.nodeid);
     else if (current === "device") deviceView.hide();
     if (id === "users" && current !== "users") usersView.load();
+    if (id === "account" && current !== "account") account.show();
     if (id !== "users") usersView.hide();
     if (current !== null && id !== current) globalThis.scrollTo?.(0, 0);
     current = id;
@@ -129,6 +131,7 @@ export function startApp({ root, bootstrap, createWebSocket, url, location,
     status.dataset.state = state;
   });
   client.on("open", reload);
+  client.on("open", () => { if (current === "account") account.show(); });
   client.on("userinfo", (message) => {
     if (message.userinfo && typeof message.userinfo === "object") setUser(message.userinfo);
   });

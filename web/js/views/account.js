@@ -1,9 +1,12 @@
-import { groupSecret, parseOtpauth, passwordProblem, siteRightsText } from "../accounts.js";
+import {
+  describeLogins, groupSecret, parseOtpauth, passwordProblem, siteRightsText,
+} from "../accounts.js";
 import { clear, h } from "../dom.js";
 import { formatTime } from "../format.js";
 import { qrSvg } from "../qr.js";
 
-// The logged-in account: facts, changing the password, two-factor authentication.
+// The logged-in account: facts, changing the password, two-factor authentication, the
+// recent logins and failed logins.
 export class AccountView {
   constructor({ root, client, toasts, user }) {
     this.root = root;
@@ -29,11 +32,63 @@ export class AccountView {
     this.facts = h("dl", { class: "facts", id: "account-facts" });
     this.passwordCard = this._passwordCard();
     this.twoFactor = h("div", { class: "card", id: "two-factor" });
+    this.loginsCard = this._loginsCard();
     clear(this.root).append(h("div", { class: "account-page" },
       h("div", { class: "card" }, h("h2", { text: "Account" }), this.facts,
         h("p", {}, h("a", { href: "/logout", class: "button danger-outline",
           id: "logout-account", text: "Log out" }))),
-      this.passwordCard, this.twoFactor));
+      this.passwordCard, this.twoFactor, this.loginsCard));
+  }
+
+  // Called by the router when the page is shown (and again after a reconnection).
+  show() {
+    this.loadLogins();
+  }
+
+  _loginsCard() {
+    this.loginRows = h("tbody", { id: "login-rows" });
+    this.loginStatus = h("p", { class: "empty", id: "logins-status", role: "status",
+      text: "Loading…" });
+    this.loginTable = h("table", { class: "events logins", id: "logins", hidden: true },
+      h("caption", { class: "visually-hidden", text: "Recent logins, newest first" }),
+      h("thead", {}, h("tr", {}, ["Time", "What", "Address", "Browser", "Operating system"]
+        .map((title) => h("th", { scope: "col", text: title })))),
+      this.loginRows);
+    return h("div", { class: "card wide", id: "logins-card" },
+      h("div", { class: "card-title" }, h("h2", { text: "Recent logins" }),
+        h("button", { type: "button", id: "logins-refresh", text: "Refresh",
+          onclick: () => this.loadLogins() })),
+      h("p", { class: "hint", text: "Logins and failed login attempts on this account, " +
+        "newest first. A failed attempt you do not know of may mean someone is guessing " +
+        "your password." }),
+      this.loginTable, this.loginStatus);
+  }
+
+  async loadLogins() {
+    if (this.client.state !== "open") return;
+    try {
+      const reply = await this.client.request("previousLogins", {}, { untagged: true,
+        accepts: (m) => m.action === "previousLogins" && m.userid === undefined });
+      this.renderLogins(reply.events);
+    } catch (error) {
+      this.loginStatus.hidden = false;
+      this.loginStatus.textContent = `Could not load the logins: ${error.message}`;
+    }
+  }
+
+  renderLogins(events) {
+    const logins = describeLogins(events);
+    this.loginRows.replaceChildren(...logins.map((login) =>
+      h("tr", { class: login.failed ? "login failed" : "login",
+        dataset: { failed: login.failed ? "1" : "0" } },
+      h("td", { class: "time", text: formatTime(login.time) || String(login.time) }),
+      h("td", { class: "what", text: login.what }),
+      h("td", { class: "address", text: login.address }),
+      h("td", { class: "browser", text: login.browser }),
+      h("td", { class: "os", text: login.os }))));
+    this.loginTable.hidden = logins.length === 0;
+    this.loginStatus.hidden = logins.length > 0;
+    this.loginStatus.textContent = logins.length ? "" : "No logins recorded.";
   }
 
   render() {

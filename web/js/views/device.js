@@ -1,3 +1,4 @@
+import { amtConnection, amtPowerActions, amtPowerOutcome, deviceRights } from "../amt.js";
 import { runCommand } from "../commands.js";
 import { coalesce, clear, h } from "../dom.js";
 import { agentVersion, connectionState, formatTime, osName } from "../format.js";
@@ -9,7 +10,7 @@ const TABS = [["overview", "Overview"], ["terminal", "Terminal"], ["files", "Fil
 
 // One device: general facts (kept live by the model), running a command, its events.
 export class DeviceView {
-  constructor({ root, model, client, toasts, createWebSocket, relayBase }) {
+  constructor({ root, model, client, toasts, createWebSocket, relayBase, user }) {
     this.root = root;
     this.tab = "overview";
     this.terminal = new TerminalPanel({ client, createWebSocket, relayBase });
@@ -17,6 +18,7 @@ export class DeviceView {
     this.model = model;
     this.client = client;
     this.toasts = toasts;
+    this.user = user || (() => client.userinfo);
     this.nodeid = null;
     this.lastconnect = null;
     this.running = false;
@@ -29,6 +31,7 @@ export class DeviceView {
     });
     client.on("event", (event) => {
       if (this.nodeid && event.nodeid === this.nodeid) this.log.add(event);
+      this._amtOutcome(event);
     });
     client.on("open", () => { if (this.nodeid && !this.root.hidden) this._load(); });
     this.log.onChange(() => this.renderEvents());
@@ -48,10 +51,20 @@ export class DeviceView {
     this.runStatus = h("span", { class: "run-status", id: "run-status", role: "status" });
     this.output = h("pre", { class: "output", id: "run-output", tabindex: "0",
       "aria-label": "Command output", hidden: true });
+    this.amtStatus = h("span", { class: "run-status", id: "amt-power-status", role: "status" });
+    this.amtButtons = h("div", { class: "buttons start amt-buttons" });
+    this.amtCard = h("div", { class: "card", id: "amt-power", hidden: true },
+      h("h2", { text: "Intel AMT" }),
+      h("p", { class: "hint", text: "Power actions done by Intel AMT over the device's " +
+        "CIRA connection, whatever the operating system is doing." }),
+      h("div", { class: "amt-power" }, this.amtButtons, this.amtStatus));
+    this.amtActionsKey = null;
+    this.dialog = h("dialog", { id: "device-dialog", class: "dialog" });
     this.events = h("tbody", { id: "device-event-rows" });
     this.noEvents = h("p", { class: "empty", text: "No events for this device." });
     this.overview = h("div", { class: "device-page", id: "device-overview", role: "tabpanel" },
       h("div", { class: "card" }, h("h2", { text: "General" }), this.facts),
+      this.amtCard,
       h("div", { class: "card" }, h("h2", { text: "Run command" }),
         h("form", { id: "run-form", onsubmit: (e) => { e.preventDefault(); this._run(); } },
           h("p", { class: "hint", text: "A shell script (sh on Linux and macOS, cmd on " +
@@ -81,7 +94,8 @@ export class DeviceView {
     this.missing = h("p", { class: "empty", id: "device-missing", hidden: true });
     clear(this.root).append(
       h("p", { class: "crumbs" }, h("a", { href: "#/devices", text: "← All devices" })),
-      h("div", { class: "page-title" }, this.title, this.badge), this.missing, this.body);
+      h("div", { class: "page-title" }, this.title, this.badge), this.missing, this.body,
+      this.dialog);
   }
 
   selectTab(id) {
@@ -116,6 +130,7 @@ export class DeviceView {
 
   // Called by the router when another view is shown: end the device's sessions.
   hide() {
+    if (this.dialog.open) this.dialog.close();
     this.terminal.setDevice(null);
     this.files.setDevice(null);
     this.nodeid = null;
@@ -133,6 +148,8 @@ export class DeviceView {
       this.output.textContent = "";
       this.output.hidden = true;
       this.runStatus.textContent = "";
+      this.amtStatus.textContent = "";
+      delete this.amtStatus.dataset.state;
       this.log.load([]);
     }
     this._renderInfo();
@@ -181,6 +198,7 @@ export class DeviceView {
       ["Group", mesh?.name],
       ["Operating system", osName(node)],
       ["Agent version", agentVersion(node)],
+      ["Intel AMT", amtConnection(node)],
       ["Host name", node.rname],
       ["Address", node.ip || node.host],
       [state.online ? "Connected since" : "Last seen",
@@ -193,6 +211,78 @@ export class DeviceView {
     this.facts.replaceChildren(...rows.filter(([, value]) => value).map(([label, value]) =>
       [h("dt", { text: label }), h("dd", { text: value, dataset: { fact: label } })]).flat());
     this.runButton.disabled = this.running;
+    this._renderAmt(node, mesh);
+  }
+
+  // Power buttons for the Intel AMT power actions the user's rights allow.
+  _renderAmt(node, mesh) {
+    const actions = amtPowerActions(node, deviceRights(this.user(), node, mesh));
+    this.amtCard.hidden = actions.length === 0;
+    const key = `${node._id}\u0001${actions.map((a) => a.id).join(",")}`;
+    if (key === this.amtActionsKey) return;
+    this.amtActionsKey = key;
+    this.amtButtons.replaceChildren(...actions.map((action) => h("button", { type: "button",
+      id: `amt-${action.id}`, class: action.confirm ? "danger-outline" : "",
+      dataset: { actiontype: String(action.actiontype) }, text: action.label,
+      onclick: () => this._amtPower(action) })));
+  }
+
+  _amtPower(action) {
+    const node = this.model.nodes.get(this.nodeid);
+    if (!node) return;
+    if (!action.confirm) {
+      this._sendAmtPower(node._id, action);
+      return;
+    }
+    const dialog = this.dialog;
+    const name = node.name || "(unnamed)";
+    clear(dialog).append(h("form", { method: "dialog" },
+      h("h2", { text: `${action.label} "${name}"?` }),
+      h("p", { text: action.id === "off"
+        ? "Intel AMT switches the device off at once, without shutting the operating " +
+          "system down: unsaved work is lost."
+        : "Intel AMT restarts the device at once, without shutting the operating system " +
+          "down: unsaved work is lost." }),
+      h("div", { class: "buttons" },
+        h("button", { value: "cancel", id: "amt-cancel", text: "Cancel", autofocus: true }),
+        h("button", { value: "confirm", class: "danger", id: "amt-confirm",
+          text: action.label }))));
+    dialog.onclose = () => {
+      if (dialog.returnValue === "confirm" && this.nodeid === node._id) {
+        this._sendAmtPower(node._id, action);
+      }
+    };
+    dialog.returnValue = "";
+    dialog.showModal();
+  }
+
+  async _sendAmtPower(nodeid, action) {
+    this.amtStatus.dataset.state = "running";
+    this.amtStatus.textContent = `${action.label}: sent, waiting for Intel AMT…`;
+    try {
+      await this.client.call("poweraction", { nodeids: [nodeid], actiontype: action.actiontype });
+    } catch (error) {
+      if (nodeid !== this.nodeid) return;
+      this.amtStatus.dataset.state = "error";
+      this.amtStatus.textContent = `${action.label}: could not send (${error.message})`;
+      this.toasts.show(`Could not send ${action.label.toLowerCase()}: ${error.message}`,
+        "error");
+    }
+  }
+
+  // The server's `amtpower` event: a toast for the shown device or one this user switched.
+  _amtOutcome(event) {
+    if (event?.action !== "amtpower") return;
+    const mine = typeof event.userid === "string" && event.userid === this.user()?._id;
+    if (!mine && event.nodeid !== this.nodeid) return;
+    const node = this.model.nodes.get(event.nodeid);
+    const outcome = amtPowerOutcome(event, event.nodeid === this.nodeid ? "" : node?.name);
+    if (!outcome) return;
+    this.toasts.show(outcome.text, outcome.kind);
+    if (event.nodeid === this.nodeid) {
+      this.amtStatus.dataset.state = outcome.kind === "ok" ? "done" : "error";
+      this.amtStatus.textContent = outcome.text;
+    }
   }
 
   async _run() {
