@@ -52,6 +52,7 @@ from meshd.presence import LocalPresence
 from meshd.relay import RelayServer, relay_resource
 from meshd.relay.recorder import recorders_from_config
 from meshd.config import Config
+from meshd.mail import mailer_from_config
 from meshd.mps.amtpower import AmtPower
 from meshd.mps.protocol import MpsServerFactory
 from meshd.mps.webrelay import webrelay_resource
@@ -450,6 +451,8 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
                       web_hash=lambda: root.web_certificate_hash, store=store, bus=bus,
                       presence=presence, agents=agents, accounts=auth.accounts,
                       web_sessions=sessions, limiter=auth.limiter, run_blocking=workers.run,
+                      mailer=mailer_from_config(config.smtp, reactor=reactor,
+                                                helo_name=settings.cert),
                       clock=reactor, server_warnings=[f"Configuration: {warning}"
                                                       for warning in config.warnings])
     # Session recording (domains.<d>.sessionRecording): one recorder per domain, shared by

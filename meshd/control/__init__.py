@@ -70,6 +70,8 @@ def control_hub(*, settings: Any, certificates: Any, web_hash: Callable[[], str]
     def public_url() -> str:
         return f"https://{name}:{settings.port}" if settings.port != 443 else f"https://{name}"
 
+    if domain is not None and "title" not in collaborators:
+        collaborators["title"] = domain.title
     return ControlHub(server_info=info, public_url=public_url, force2factor=force2factor,
                       allow_login_token=allow_login_token, session_policy=policy,
                       **collaborators)

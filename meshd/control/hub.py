@@ -53,8 +53,12 @@ class ControlHub:
                  max_message: int = MAX_MESSAGE, force2factor: bool = False,
                  allow_login_token: bool = False,
                  server_warnings: Sequence[str] = (), session_policy: Any = None,
-                 amt_power: Any = None) -> None:
+                 amt_power: Any = None, mailer: Any = None, title: str = "meshd") -> None:
         self.store = store
+        #: Outgoing e-mail (meshd.mail.Mailer; None: no ``smtp`` section, no e-mail).
+        self.mailer = mailer
+        #: The server's name in texts users receive (the default domain's title).
+        self.title = title
         #: Intel AMT power actions over CIRA (meshd.mps.amtpower.AmtPower; None: no MPS).
         self.amt_power = amt_power
         #: The domain's consent bits and agent prompt texts for remote sessions

@@ -17,6 +17,7 @@ device is "Device not found" rather than a hint that it exists.
 from __future__ import annotations
 
 from typing import Any, Callable, Coroutine, Optional
+from urllib.parse import quote
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -29,8 +30,10 @@ from meshd.control.actions._util import (
     get_mesh,
     in_domain,
     mesh_by_name,
+    short_id,
     node_with_rights,
     unlink_from_members,
+    valid_email,
     valid_int,
     valid_str,
     valid_str_list,
@@ -915,6 +918,102 @@ async def webrelay(call: Call) -> None:
     call.respond(result="WebRelay Disabled")
 
 
+#: ``inviteAgent`` ``os`` values (MeshCentral's): 0 any, 1 Windows, 2 Linux, 3 macOS,
+#: 4 an invitation link, 5 MeshCentral Assistant.  meshd serves its Linux agent's
+#: installer and the ``.msh`` settings file MeshCentral's agents install with.
+INVITE_LINUX_ONLY = 2
+INVITE_LINUX = (0, INVITE_LINUX_ONLY, 4)
+MAX_INVITE_NAME = 256
+MAX_INVITE_MESSAGE = 4096
+
+
 async def invite_agent(call: Call) -> None:
-    """``inviteAgent`` (invitation e-mail) → ``Unsupported feature``: no mail server yet."""
-    call.result("Unsupported feature")
+    """``{meshid | meshname, email, name?, os?, msg?}`` → ``ok`` once the invitation
+    e-mail is on its way: the group's install instructions, sent by the server's mailer.
+
+    As MeshCentral: ``Unsupported feature`` without an e-mail server; ``Invalid group
+    identifier``, ``Invalid email``, ``Unknown device group``, ``Invalid group type`` (not an
+    agent group), ``Not allowed``.  Unlike MeshCentral 1.1.55, which only asks that the
+    group be visible, the caller needs MESHRIGHT_MANAGECOMPUTERS on it (the recipient's
+    device joins the group), a hidden group is "Unknown device group" rather than a hint
+    that it exists, and the answer comes when the mail server has taken the message
+    (``Failed to send e-mail`` otherwise; the session goes on meanwhile).
+    """
+    cmd = call.command
+    access = await call.access()
+    mesh_id = cmd.get("meshid")
+    if mesh_id is None and isinstance(cmd.get("meshname"), str):
+        mesh_id, error = await mesh_by_name(call.store, access, cmd["meshname"])
+        if error is not None:
+            return call.result(error)
+    mailer = call.hub.mailer
+    if mailer is None:
+        _log.info("inviteAgent from {user_id} refused: no e-mail server (smtp) configured",
+                  user_id=call.user_id)
+        return call.result("Unsupported feature")
+    if not valid_str(mesh_id, 8, 134):
+        return call.result("Invalid group identifier")
+    mesh_id = full_id("mesh", mesh_id)
+    if not in_domain(mesh_id, "mesh"):
+        return call.result("Invalid group identifier")
+    email = cmd.get("email")
+    if not valid_str(email, 4, 1024) or not valid_email(email):
+        return call.result("Invalid email")
+    name, msg = cmd.get("name"), cmd.get("msg")
+    name = name.strip() if isinstance(name, str) else ""
+    msg = msg.strip() if isinstance(msg, str) else ""
+    if len(name) > MAX_INVITE_NAME:
+        return call.result("Invalid name")
+    if len(msg) > MAX_INVITE_MESSAGE:
+        return call.result("Invalid message")
+    os_choice = cmd.get("os", 0)
+    if isinstance(os_choice, str) and os_choice.strip().isdigit():
+        os_choice = int(os_choice.strip())
+    if not valid_int(os_choice, 0, 5):
+        os_choice = 0
+    mesh = await get_mesh(call.store, mesh_id)
+    if mesh is None or mesh.get("deleted") or mesh_id not in access.linked_ids("mesh/"):
+        return call.result("Unknown device group")
+    if mesh.get("mtype") != 2:
+        return call.result("Invalid group type")
+    if not access.mesh_rights(mesh) & MESHRIGHT_MANAGECOMPUTERS:
+        return call.result("Not allowed")
+    inviter = call.user.get("realname") or call.user.get("name") or short_id(call.user_id)
+    title = call.hub.title
+    text = invitation_text(server_url=call.hub.public_url(), title=title, mesh=mesh,
+                           inviter=str(inviter), name=name, msg=msg, os_choice=os_choice)
+    to = email.lower()
+    _log.info("{user_id} invites {to} to install an agent in {mesh_id}", user_id=call.user_id,
+              to=to, mesh_id=mesh_id)
+    sending = mailer.send(to, f"{title} - Invitation", text)
+    # The answer comes when the mail server has the message; other requests of this
+    # session are handled meanwhile.
+    sending.addCallbacks(lambda _: call.result("ok"),
+                         lambda _failure: call.result("Failed to send e-mail"))
+
+
+def invitation_text(*, server_url: str, title: str, mesh: Document, inviter: str, name: str,
+                    msg: str, os_choice: int) -> str:
+    """The invitation e-mail's body (MeshCentral's ``mesh-invite`` text, with meshd's install
+    instructions: the Linux one-line installer and the ``.msh`` settings file, as the web
+    app's "add agent" dialog shows them)."""
+    group = quote(short_id(mesh["_id"]), safe="")
+    lines: list[str] = []
+    if name:
+        lines += [f"Hello {name},", ""]
+    lines += [f"User {inviter} on server {title} ({server_url}/) is requesting you install "
+              f"software to start the remote control session.", ""]
+    if msg:
+        lines += [f"Message: {msg}", ""]
+    if os_choice in INVITE_LINUX:
+        lines += ["For Linux, cut & paste the following in a terminal to install the agent:", "",
+                  f"  curl -fsSk '{server_url}/meshagents/install.sh?id={group}' | sudo sh",
+                  ""]
+    if os_choice != INVITE_LINUX_ONLY:
+        instead = " instead" if os_choice in INVITE_LINUX else ""
+        lines += [f"To install MeshCentral's agent (Windows, macOS or Linux){instead}, give "
+                  f"it the settings file of the device group \"{mesh.get('name', '')}\":", "",
+                  f"  {server_url}/meshsettings?id={group}", ""]
+    lines += ["If you did not initiate this request, please ignore this mail.", "",
+              "Best regards,", inviter, ""]
+    return "\n".join(lines)
