@@ -57,6 +57,7 @@ from meshd.mps.amtpower import AmtPower
 from meshd.mps.protocol import MpsServerFactory
 from meshd.mps.webrelay import webrelay_resource
 from meshd.passwords import RecentChecks
+from meshd.passwordreset import PasswordReset
 from meshd.ratelimit import FailureLimiter
 from meshd.store import IStore, SchemaError, StoreUnavailable, open_store
 from meshd.store.expire import ExpireService
@@ -447,14 +448,20 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
 
     agents = agent_manager("")
     root.agents = agents
+    # One mailer (the smtp section) for invitations and password resets; None: no e-mail.
+    mailer = mailer_from_config(config.smtp, reactor=reactor, helo_name=settings.cert)
     hub = control_hub(settings=settings, certificates=certificates, domain=domain,
                       web_hash=lambda: root.web_certificate_hash, store=store, bus=bus,
                       presence=presence, agents=agents, accounts=auth.accounts,
                       web_sessions=sessions, limiter=auth.limiter, run_blocking=workers.run,
-                      mailer=mailer_from_config(config.smtp, reactor=reactor,
-                                                helo_name=settings.cert),
+                      mailer=mailer,
                       clock=reactor, server_warnings=[f"Configuration: {warning}"
                                                       for warning in config.warnings])
+    # "Forgot your password?" by e-mail: only with a mailer (else no link, and 404).
+    if mailer is not None:
+        auth.password_reset = PasswordReset(store=store, mailer=mailer,
+                                            public_url=hub.public_url, now=now,
+                                            title=domain.title, close_user=hub.close_user)
     # Session recording (domains.<d>.sessionRecording): one recorder per domain, shared by
     # the agent relay and the Intel AMT web relay.
     recorder_for = recorders_from_config(config.domains, datapath, reactor.seconds, store)

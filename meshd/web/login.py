@@ -9,6 +9,8 @@
 ``POST /createaccount`` form ``username``, ``email``, ``password1``, ``password2``: allowed
                         when the domain has no account yet (that account becomes site
                         administrator) or when ``newAccounts`` is on
+``/forgotpassword``, ``/resetpassword``: password reset by e-mail, only when the server
+                        has a mailer (:mod:`meshd.web.passwordreset`)
 
 Failed logins are limited per address and per account (``settings.maxInvalidLogin``) and
 recorded as events, never with the password.  A store that is down gives a 503 page.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import html
 from datetime import datetime
-from typing import Any, Callable, Coroutine, Optional
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Optional
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, DeferredLock
@@ -36,6 +38,9 @@ from meshd.web.app import app_page, app_security_headers
 from meshd.web.session import COOKIE_NAME, Sessions
 from meshd.web.useragent import describe
 
+if TYPE_CHECKING:
+    from meshd.passwordreset import PasswordReset
+
 _log = Logger(namespace="meshd.web.login")
 
 MAX_FORM = 16 * 1024
@@ -47,7 +52,8 @@ class WebAuth:
     def __init__(self, *, store: IStore, accounts: Accounts, sessions: Sessions,
                  limiter: FailureLimiter, now: Callable[[], float], title: str,
                  new_accounts: bool, ready: Callable[[], "Deferred[None]"],
-                 bus: Optional[IEventBus] = None) -> None:
+                 bus: Optional[IEventBus] = None,
+                 password_reset: Optional["PasswordReset"] = None) -> None:
         self.store = store
         self.accounts = accounts
         self.sessions = sessions
@@ -58,6 +64,8 @@ class WebAuth:
         self.ready = ready
         self.bus = bus if bus is not None else LocalEventBus()
         self.create_lock = DeferredLock()
+        #: "Forgot your password?" (meshd.web.passwordreset); None without a mailer.
+        self.password_reset = password_reset
 
     async def user_event(self, user_id: str, username: str, domain: str, action: str,
                          msg: str, msgid: Optional[int] = None,
@@ -300,9 +308,17 @@ class LandingResource(Resource):
             return app_page(user, auth.title)
         if await auth.accounts.count() == 0:
             return page(auth.title, create_form(first=True), create_heading(True))
-        extra = ('<p class="auth-foot"><a href="/createaccount">Create an account</a></p>'
-                 if auth.new_accounts else "")
-        return page(auth.title, login_form() + extra, "Log in")
+        notice = ""
+        if auth.password_reset is not None and _arg(request, b"passwordreset") == "done":
+            notice = ('<p class="hint" role="status">Your password was changed. Log in with '
+                      'the new password.</p>')
+        extra = ""
+        if auth.password_reset is not None:
+            extra += ('<p class="auth-foot"><a href="/forgotpassword">Forgot your password?'
+                      '</a></p>')
+        if auth.new_accounts:
+            extra += '<p class="auth-foot"><a href="/createaccount">Create an account</a></p>'
+        return page(auth.title, notice + login_form() + extra, "Log in")
 
 
 class LoginResource(_AuthPage):

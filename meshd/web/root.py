@@ -149,6 +149,13 @@ def build_root(*, clock: IReactorTime, started_at: float, title: str,
         root.putChild(b"login", LoginResource(auth))
         root.putChild(b"logout", LogoutResource(auth))
         root.putChild(b"createaccount", CreateAccountResource(auth))
+        if auth.password_reset is not None:  # only with a mailer: otherwise 404
+            from meshd.web.passwordreset import (
+                ForgotPasswordResource,
+                ResetPasswordResource,
+            )
+            root.putChild(b"forgotpassword", ForgotPasswordResource(auth))
+            root.putChild(b"resetpassword", ResetPasswordResource(auth))
     root.putChild(APP_PATH, AppFilesResource())
     root.putChild(b"health", HealthResource(clock, started_at, listeners,
                                             auth.store if auth is not None else None, status))
