@@ -167,8 +167,8 @@ class Settings:
                                   None)
     mongodb_name: str = _key("mongoDbName", "MongoDB database name.", "meshcentral")
     redis: Optional[str] = _key("redis",
-                                "Redis URL (redis://host:port/db) shared by several meshd servers.",
-                                None)
+                                "Redis URL (redis://host:port/db) for several meshd servers "
+                                "(not supported yet: setting it gives a warning).", None)
     new_accounts: bool = _key("newAccounts",
                               "Allow visitors to create their own accounts.", False)
     allow_login_token: bool = _key("allowLoginToken",
@@ -189,9 +189,6 @@ class Settings:
         "memory), so tools that log in for every command, such as meshctrl, skip the "
         "deliberately slow PBKDF2; failed checks are never remembered; 0 disables.", 300,
         check=_positive)
-    session_key: Optional[str] = _key("sessionKey",
-                                      "Secret for session cookies (default: generated and kept "
-                                      "in the data folder).", None)
     db_expire: DbExpire = _key("dbExpire", "Event retention.", default_factory=DbExpire)
     max_invalid_login: MaxInvalidLogin = _key("maxInvalidLogin", "Login rate limit.",
                                               default_factory=MaxInvalidLogin)
@@ -286,8 +283,6 @@ class Domain:
     new_accounts: Optional[bool] = _key("newAccounts",
                                         "Allow self-registration in this domain "
                                         "(default: settings.newAccounts).", None)
-    user_name_is_email: bool = _key("userNameIsEmail", "Users log in with their e-mail address.",
-                                    False)
     session_recording: Optional[SessionRecording] = _key(
         "sessionRecording", "Record relay sessions in MeshCentral's .mcrec format: true, or an "
         "object with the keys below.", None)
@@ -393,7 +388,7 @@ _MESHCENTRAL_ONLY: dict[str, frozenset[str]] = {
         "noagentupdate npmpath npmproxy orphanagentuser plugins publicpushnotifications "
         "rediraliasport redirects redirportbind relayaliasport relaydns relayport "
         "runonservererror runonserverstarted runonserverupdated selfupdate sessionsamesite "
-        "sqlite3 stricttransportsecurity syslog syslogauth syslogjson syslogtcp "
+        "sessionkey filespath sqlite3 stricttransportsecurity syslog syslogauth syslogjson syslogtcp "
         "temporaryagentupdate trustedproxy userallowedip userblockedip wanonly watchdog "
         "webpagelengthrandomization webpush webrtc webrtcconfig wscompression "
         "mysql mariadb postgres nedbtodb usenodedefaulttlsciphers tlsciphers"
@@ -416,7 +411,7 @@ _MESHCENTRAL_ONLY: dict[str, frozenset[str]] = {
         "preconfiguredremoteinput preconfiguredscripts pwalogo redirects rootredirect "
         "scrolltotop sessionrecording share showmodernuitoggle shownotespanel sitestyle ssh "
         "terminal titlepicture twofactorcookiedurationdays unknownuserrootredirect "
-        "urlswitching userallowedip userblockedip userquota "
+        "urlswitching userallowedip userblockedip usernameisemail userquota "
         "usersessionidletimeout usersessionssort webemailspath welcomepicture "
         "welcomepicturefullscreen welcometext yubikey"
     ).split()),
@@ -584,6 +579,9 @@ def parse_config(data: Any, overrides: Optional[Mapping[str, tuple[str, Any]]] =
     if "" not in config.domains:
         config = dataclasses.replace(
             config, domains=types.MappingProxyType({"": Domain(), **config.domains}))
+    if config.settings.redis:
+        parser.warnings.append("settings.redis: several meshd servers sharing Redis are not "
+                               "supported yet; this server runs alone")
     return dataclasses.replace(config, warnings=tuple(parser.warnings))
 
 

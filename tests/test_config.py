@@ -102,6 +102,20 @@ class ParseTests(SynchronousTestCase):
             "domains..footer: MeshCentral option not supported by meshd; ignored",
         ))
 
+    def test_options_without_effect_warn(self) -> None:
+        """MeshCentral's filesPath, sessionKey and userNameIsEmail, and meshd's own redis
+        (not built yet), are accepted with a warning instead of silently."""
+        config = parse_config({"settings": {"filesPath": "/srv/files", "sessionKey": "k",
+                                            "redis": "redis://127.0.0.1:6379/0"},
+                               "domains": {"": {"userNameIsEmail": True}}})
+        self.assertEqual(config.warnings, (
+            "settings.filesPath: MeshCentral option not supported by meshd; ignored",
+            "settings.sessionKey: MeshCentral option not supported by meshd; ignored",
+            "domains..userNameIsEmail: MeshCentral option not supported by meshd; ignored",
+            "settings.redis: several meshd servers sharing Redis are not supported yet; "
+            "this server runs alone",
+        ))
+
     def test_wrong_types(self) -> None:
         """A wrong type names the key, the expected type and what was given."""
         self.assertEqual(self.problems({"settings": {"port": "443"}}),
