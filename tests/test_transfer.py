@@ -344,13 +344,21 @@ class NeDBTests(_StoresMixin):
                         "_id": "k3Fa9VqLx0bPmW2z"}),
                   nedb({"etype": "user", "action": "login", "ids": ["user//alice"],
                         "domain": "", "time": date(T0_MS + 1000), "_id": "Pq8sT1uVw2xYz3Ab"}),
-                  nedb({"$$deleted": True, "_id": "Pq8sT1uVw2xYz3Ab"})]
+                  nedb({"$$deleted": True, "_id": "Pq8sT1uVw2xYz3Ab"}),
+                  # A server-wide event: MeshCentral writes it without a domain.
+                  nedb({"etype": "server", "action": "serverstart", "ids": ["*"],
+                        "msg": "Server started", "time": date(T0_MS + 2000),
+                        "_id": "Zz9sT1uVw2xYz3Ab"})]
         power = [nedb({"time": date(T0_MS), "nodeid": NODE_ID, "power": 1,
                        "_id": "aaaaaaaaaaaaaaaa"})]
         store = await self.memory_store()
-        report = await transfer.apply_import(store, read_lines(events, "/x/meshcentral-events.db"))
+        read = read_lines(events, "/x/meshcentral-events.db")
+        self.assertEqual(read.bad, [])
+        report = await transfer.apply_import(store, read)
         await transfer.apply_import(store, read_lines(power, "meshcentral-power.db"))
-        self.assertEqual(report.events, 1)
+        self.assertEqual(report.events, 2)
+        [started] = await store.get_events(["*"], "", action="serverstart")
+        self.assertEqual(started["domain"], "")
         [stored] = await store.get_events([MESH_ID], "")
         self.assertEqual((stored["time"], stored["links"]),
                          (T0, {"user//bob.smith": {"rights": 8}}))

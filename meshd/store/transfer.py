@@ -434,7 +434,12 @@ def _read_nedb(collection: str, head: list[tuple[int, bytes]],
             if collection == MAIN_COLLECTION:
                 record = _docs.normalize_document(_docs.unescape_links(doc))
             else:
-                record = _check(collection, _docs.unescape_event(doc))
+                event = _docs.unescape_event(doc)
+                if collection == EVENTS_COLLECTION and "domain" not in event:
+                    # MeshCentral's server-wide events (server started, …) have no
+                    # domain: they belong to the default one.
+                    event["domain"] = ""
+                record = _check(collection, event)
         except (TypeError, ValueError) as e:
             data.add_bad(f"line {number}", _problem(e))
             continue
