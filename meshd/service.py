@@ -196,6 +196,20 @@ class StoreService(Service):
         return self.store.close()
 
 
+class AgentShutdownService(Service):
+    """Marks the agents of its managers offline when the server stops (power events,
+    presence), so their last writes reach the store before it closes."""
+
+    name = "agents-at-stop"
+
+    def __init__(self) -> None:
+        self.managers: list[AgentManager] = []
+
+    def stopService(self) -> "defer.Deferred[Any]":
+        super().stopService()
+        return defer.gatherResults([manager.shutdown() for manager in self.managers])
+
+
 class WorkerPoolService(Service):
     """A small thread pool for blocking CPU work, started and stopped with the server."""
 
@@ -439,12 +453,19 @@ def make_service(config: Config, *, reactor: Any, datapath: Optional[str] = None
             raise StartupError(str(e)) from None
     cores = CoreChooser(python_core(), meshcentral_cores)
 
+    # At stop, agents are marked offline while the store is still open (this service
+    # stops before the store, which was added before it).
+    agents_at_stop = AgentShutdownService()
+    agents_at_stop.setServiceParent(root)
+
     def agent_manager(domain: str) -> AgentManager:
-        return AgentManager(
+        manager = AgentManager(
             store=store, presence=presence, bus=bus, clock=reactor,
             agent_cert=certificates.agent.cert, agent_key=certificates.agent.key,
             tls_hashes=accepted_tls_hashes, run_crypto=workers.run, core_provider=cores,
             max_devices=settings.max_devices, domain=domain)
+        agents_at_stop.managers.append(manager)
+        return manager
 
     agents = agent_manager("")
     root.agents = agents

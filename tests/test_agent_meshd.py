@@ -57,6 +57,40 @@ class PythonAgentTests(TestCase):
         self.assertEqual(server.log().count("pushing core python"), 1)
 
 
+class StopTests(TestCase):
+    timeout = 180
+
+    async def test_stop_marks_agents_offline(self) -> None:
+        """Stopping the server records its connected agents going offline (a power event)
+        before the store closes, and logs no failed write."""
+        datapath = fresh_datapath()
+        server = ServerProcess(datapath).start()
+        self.addCleanup(server.stop)
+        store = SQLiteStore(datapath, reactor)
+        await store.open()
+        mesh_key, msh = await agent_group(server, store, "stop")
+        agent = PythonAgent(msh).start()
+        self.addCleanup(agent.cleanup)
+
+        async def online() -> Any:
+            nodes = await store.find_nodes_by_mesh([mesh_key])
+            return nodes[0] if nodes and f"agent {nodes[0]['_id']} connected" in server.log() \
+                else None
+
+        node = await eventually(online, 60)
+        self.assertTrue(node, server.log()[-3000:])
+        await store.close()
+        # twistd ends by the signal it was stopped with, after a clean shutdown.
+        self.assertIn(server.stop(), (0, -15))
+        store = SQLiteStore(datapath, reactor)
+        await store.open()
+        self.addCleanup(store.close)
+        timeline = await store.get_power_events(node["_id"])
+        self.assertEqual([event["power"] for event in timeline
+                          if event["nodeid"] == node["_id"]][-2:], [1, 0], timeline)
+        self.assertNotIn("not stored", server.log())
+
+
 class PythonAgentCommandTests(TestCase):
     timeout = 180
 

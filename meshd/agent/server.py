@@ -15,7 +15,7 @@ from typing import Any, Callable, Collection, Optional
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from meshd.agent.core import Core
@@ -62,6 +62,9 @@ class AgentManager:
         self.max_devices = max_devices
         self.domain = domain  # MeshCentral domain: "" is the default one
         self.stats = {"connections": 0, "authenticated": 0, "refused": 0, "replaced": 0}
+        #: Agents connected to this manager now, and store writes not finished yet.
+        self._live: set[AgentSession] = set()
+        self._pending: set["Deferred[Any]"] = set()
 
     def core_for(self, info: AgentInfo) -> Optional[Core]:
         return self.core_provider(info) if self.core_provider is not None else None
@@ -75,6 +78,7 @@ class AgentManager:
         connection = Connection(session.node_key, CONN_AGENT, self.server_id, now,
                                 address=session.peer, handle=session)
         session.connection = connection
+        self._live.add(session)
         previous = self.presence.add(connection)
         if previous is not None and previous.handle is not None and previous.handle is not session:
             self.stats["replaced"] += 1
@@ -107,6 +111,7 @@ class AgentManager:
     def disconnected(self, session: AgentSession) -> None:
         connection = session.connection
         session.connection = None
+        self._live.discard(session)
         if connection is None or not self.presence.remove(connection):
             return
         node_key = connection.node_id
@@ -179,9 +184,20 @@ class AgentManager:
         connection.handle.send_json(message)
         return True
 
+    def shutdown(self) -> "Deferred[Any]":
+        """The server is stopping: every agent of this manager is marked offline (its
+        power event and presence) and its connection closed, while the store is still
+        open; fires when those writes are done."""
+        for session in list(self._live):
+            self.disconnected(session)
+            session.close()
+        return DeferredList(list(self._pending), consumeErrors=True)
+
     def _write(self, d: "Optional[Deferred[Any]]") -> None:
         if d is None:
             return
+        self._pending.add(d)
+        d.addBoth(lambda result: (self._pending.discard(d), result)[1])
 
         def failed(failure: Any) -> None:
             if failure.check(StoreUnavailable):
