@@ -1349,6 +1349,174 @@ class AccountTests(BrowserTestCase):
         page.wait_for_selector("#totp-state[data-on='0']")
 
 
+class ForcedTwoFactorTests(BrowserTestCase):
+    """settings.force2factor: an account without a second factor sees only enrolment,
+    with an enrolment code an administrator issues in the Users view."""
+
+    def setUp(self) -> None:
+        self.browser = browser()
+        datapath = fresh_datapath()
+        config = os.path.join(datapath, "meshd.json")
+        with open(config, "w", encoding="utf-8") as f:
+            json.dump({"settings": {"force2factor": True}}, f)
+        self.server = ServerProcess(datapath, extra=["--config", config]).start()
+        self.addCleanup(self.server.stop)
+        self.base = f"https://127.0.0.1:{self.server.port}"
+
+    def log_in_to_enrol(self, session: Session, name: str, password: str) -> None:
+        """Log in an account that has no second factor yet: the enrolment banner."""
+        page = session.page
+        page.goto(self.base + "/")
+        page.fill("input[name=username]", name)
+        page.fill("input[name=password]", password)
+        page.click("button[type=submit]")
+        try:
+            page.wait_for_selector("#connection[data-state=open]")
+        except Exception:
+            raise AssertionError(f"{page.url} {session.errors} {page.content()[-1500:]}")
+        page.wait_for_selector("#enrol-required")
+
+    def enrol(self, session: Session, password: str, code: str) -> str:
+        """Start enrolment on the account page and fill it in (not sent); the secret."""
+        page = session.page
+        page.click("#totp-start")
+        page.wait_for_selector("#totp-url")
+        secret = re.search(r"secret=([A-Z2-7]+)", page.text_content("#totp-url") or "")
+        assert secret is not None
+        page.fill("#totp-password", password)
+        page.fill("#totp-enrolcode", code)
+        return secret.group(1)
+
+    def test_enrolment_with_a_code_from_an_administrator(self) -> None:
+        """The administrator (enrolled with a code from meshd-admin) issues a code for a
+        user in the Users view; the user sees only the banner and the account page, is
+        refused with a wrong code, enrols with password, code and an app code, lands in
+        the normal app with the device it may see, and later logs in with an app code."""
+        from meshd.control.twofactor import totp
+
+        datapath = self.server.datapath
+        name, password = "enrolee", "Enrolee-Pass-7"
+        for account, pw, rights in (("admin", PASSWORD, ["--siteadmin"]),
+                                    (name, password, [])):
+            result = admin(datapath, "createaccount", account, "--pass", pw, *rights)
+            self.assertEqual(result.returncode, 0, result.stderr)
+        result = admin(datapath, "enrolcode", "admin")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        admin_code = result.stdout.strip()
+        self.assertRegex(admin_code, r"^[A-Z2-9]{4}(-[A-Z2-9]{4}){3}$")
+
+        # The administrator enrols first, with the code meshd-admin issued (no other
+        # administrator could issue it one).
+        admin_session = self.session()
+        page = admin_session.page
+        self.log_in_to_enrol(admin_session, "admin", PASSWORD)
+        secret = self.enrol(admin_session, PASSWORD, admin_code.lower().replace("-", " "))
+        page.fill("#totp-code", totp(secret, int(time.time() // 30)))
+        page.click("#totp-verify")
+        try:
+            page.wait_for_selector("#device-summary:not(:text('Loading'))", timeout=15000)
+        except Exception:
+            raise AssertionError(f"{page.url} {admin_session.errors} " + str(page.evaluate(
+                "() => [document.querySelector('#enrol-required').textContent, "
+                "document.querySelector('#two-factor').textContent]")))
+        self.assertTrue(page.is_hidden("#enrol-required"))
+        self.assertTrue(page.is_visible("#nav-users"))
+
+        # A group with a device, for the user.
+        meshid = self.create_group(admin_session, "enrolled-group")
+        import_devices(datapath, device_records(meshid, ["enrolled-device"]))
+        group = f"section.group[data-meshid='{meshid}']"
+        page.click(f"{group} .group-users")
+        page.fill("#member-name", name)
+        page.click("#member-add")
+        page.wait_for_selector(f"#member-rows tr.member[data-name='{name}']")
+        page.click("#members-close")
+
+        # The enrolment code, issued in the Users view and shown once.
+        page.click("#nav-users")
+        row = f"#user-rows tr[data-name='{name}']"
+        page.wait_for_selector(row)
+        self.assertEqual(page.query_selector_all("#user-rows tr[data-name='admin'] .enrol-code"),
+                         [])
+        page.focus(f"{row} .enrol-code")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#user-dialog #enrolcode-issue")
+        page.keyboard.press("Enter")  # the Issue button has the focus
+        code = (page.wait_for_selector("#enrolcode-value").text_content() or "").strip()
+        self.assertRegex(code, r"^[A-Z2-9]{4}(-[A-Z2-9]{4}){3}$")
+        self.assertIn("in 24 hours", page.text_content("#enrolcode-expire") or "")
+        self.assertTrue(page.is_hidden("#enrolcode-issue"))
+        self.shot(admin_session, "users-enrolcode")
+        page.click("#enrolcode-close")
+        self.assertFalse(page.is_visible("#user-dialog"))
+
+        # The user: only the banner and the account page until enrolled.
+        user_session = self.session()
+        upage = user_session.page
+        self.log_in_to_enrol(user_session, name, password)
+        banner = upage.text_content("#enrol-required") or ""
+        self.assertIn("Two-factor authentication is required", banner)
+        self.assertIn("authenticator app", banner)
+        self.assertIn("enrolment code", banner)
+        self.assertTrue(upage.is_visible("#view-account"))
+        self.assertTrue(upage.is_visible("#nav-account"))
+        for hidden in ("#nav-devices", "#nav-events", "#nav-users", "#view-devices",
+                       "#password-form", "#logins-card"):
+            self.assertTrue(upage.is_hidden(hidden), hidden)
+        upage.goto(self.base + "/#/devices")
+        upage.wait_for_selector("#connection[data-state=open]")
+        upage.wait_for_selector("#enrol-required")
+        self.assertTrue(upage.is_visible("#view-account"))
+        self.assertTrue(upage.is_hidden("#view-devices"))
+        self.assertIn("requires it", upage.text_content("#totp-state") or "")
+        user_secret = self.enrol(user_session, password, "ABCD-EFGH-JKLM-NPQR")
+        self.assertNotEqual(code, "ABCD-EFGH-JKLM-NPQR")
+        upage.fill("#totp-code", totp(user_secret, int(time.time() // 30)))
+        upage.click("#totp-verify")
+        upage.wait_for_selector("#totp-message:has-text('Invalid enrolment code')")
+        self.assertIn("ask an administrator", upage.text_content("#totp-message") or "")
+        upage.fill("#totp-enrolcode", "too short")
+        upage.click("#totp-verify")
+        upage.wait_for_selector("#totp-message:has-text('16 letters and digits')")
+        upage.fill("#totp-enrolcode", code)
+        upage.fill("#totp-password", "Not-The-Password-1")
+        upage.click("#totp-verify")
+        upage.wait_for_selector("#totp-message:has-text('Invalid password')")
+        self.shot(user_session, "account-2fa-enrolment")
+        upage.fill("#totp-password", password)
+        upage.fill("#totp-code", totp(user_secret, int(time.time() // 30)))
+        upage.click("#totp-verify")
+        device = f"{group} tr.device[data-name='enrolled-device']"
+        upage.wait_for_selector(device, timeout=15000)
+        self.assertTrue(upage.url.endswith("#/devices"), upage.url)
+        self.assertTrue(upage.is_hidden("#enrol-required"))
+        self.assertTrue(upage.is_visible("#nav-devices"))
+        self.assertIn("1 group, 1 device", upage.text_content("#device-summary") or "")
+        upage.click("#nav-account")
+        upage.wait_for_selector("#totp-state[data-on='1']")
+        self.assertTrue(upage.is_visible("#password-form"))
+        self.assertEqual(upage.query_selector_all("#totp-clear"), [])
+        self.assertNoErrors(user_session)
+
+        # The enrolment code worked once; logging in now needs an app code.
+        upage.click("#logout")
+        upage.wait_for_selector("input[name=username]")
+        upage.fill("input[name=username]", name)
+        upage.fill("input[name=password]", password)
+        upage.click("button[type=submit]")
+        upage.wait_for_selector("input[name=token]")
+        upage.fill("input[name=password]", password)
+        upage.fill("input[name=token]", totp(user_secret, int(time.time() // 30) + 1))
+        upage.click("button[type=submit]")
+        upage.wait_for_selector("#connection[data-state=open]")
+        upage.wait_for_selector(device)
+        self.assertEqual(upage.text_content("#current-user"), name)
+        self.assertTrue(upage.is_hidden("#enrol-required"))
+        # The login form answers 401 while it asks for the code; nothing else went wrong.
+        self.assertEqual([e for e in user_session.errors if "/login" not in e], [])
+        self.assertNoErrors(admin_session)
+
+
 # -- a large fleet -----------------------------------------------------------------------
 
 FLEET = 5000

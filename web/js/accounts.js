@@ -244,3 +244,75 @@ export function describeLogins(events, limit = 100) {
     .sort((a, b) => loginTime(b.time) - loginTime(a.time))
     .slice(0, limit);
 }
+
+// -- two-factor enrolment under force2factor --------------------------------------------
+
+// `serverinfo.features` bit: every user must have a second factor (settings.force2factor).
+export const FEATURE_FORCE_2FA = 0x40000;
+
+// Whether the server requires a second factor of every user.
+export function forcesTwoFactor(serverinfo) {
+  const features = Number(serverinfo?.features);
+  return Number.isFinite(features) && (features & FEATURE_FORCE_2FA) !== 0;
+}
+
+// Whether the account (as userinfo shows it: factors marked 1, counts for keys) has a
+// second factor: an authenticator app, hardware keys or backup codes.
+export function hasSecondFactor(user) {
+  if (!user || typeof user !== "object") return false;
+  return Boolean(user.otpsecret) || Number(user.otphkeys) > 0 || Boolean(user.otpkeys);
+}
+
+// Whether this session can only enrol a second factor: the server requires one and the
+// account has none yet.  `serverinfo` may not have arrived yet (null): then not known.
+export function mustEnrol(serverinfo, user) {
+  return Boolean(serverinfo) && forcesTwoFactor(serverinfo) && !hasSecondFactor(user);
+}
+
+// An enrolment code as the administrator reads it out: letters and digits in groups of
+// four ("ABCD-EFGH-JKLM-NPQR"); lower case, spaces and dashes are forgiven.
+export function normalEnrolCode(code) {
+  const text = String(code ?? "").toUpperCase().replace(/[\s-]+/g, "");
+  return (text.match(/.{1,4}/g) || []).join("-");
+}
+
+// A problem with a typed enrolment code, or "".
+export function enrolCodeProblem(code) {
+  const text = String(code ?? "").toUpperCase().replace(/[\s-]+/g, "");
+  if (!text) return "Enter the enrolment code an administrator gave you";
+  if (!/^[A-Z0-9]+$/.test(text)) return "An enrolment code has only letters and digits";
+  if (text.length !== 16) return "An enrolment code has 16 letters and digits (4 groups of 4)";
+  return "";
+}
+
+// Why `otpauth-setup` failed, from the server's `msg`, with what to do about it.
+const SETUP_HINTS = [
+  [/^invalid enrolment code/i, "The code is wrong, has expired or was already used; ask " +
+    "an administrator for a new one if it keeps failing."],
+  [/^invalid password/i, "The current password is not correct."],
+  [/^invalid token/i, "Enter the code the app shows now, and check that the clock of the " +
+    "device with the app is right."],
+  [/^unknown secret/i, "This setup has expired: cancel and start again."],
+  [/^not allowed/i, "Your account may not change this setting."],
+];
+
+export function setupErrorText(msg) {
+  const text = typeof msg === "string" ? msg.trim() : "";
+  if (!text) return "The code was not accepted.";
+  const sentence = /[.!?]$/.test(text) ? text : `${text}.`;
+  const hint = SETUP_HINTS.find(([pattern]) => pattern.test(text));
+  return hint ? `${sentence} ${hint[1]}` : sentence;
+}
+
+// How long until `expire` (ms) from `now` (ms), in words: "in 24 hours", "expired".
+export function expiresIn(expire, now = Date.now()) {
+  const ms = Number(expire) - Number(now);
+  if (!Number.isFinite(ms)) return "";
+  if (ms <= 0) return "expired";
+  const minutes = Math.round(ms / 60000);
+  if (minutes < 1) return "in less than a minute";
+  if (minutes < 120) return `in ${minutes} minute${minutes === 1 ? "" : "s"}`;
+  const hours = Math.round(minutes / 60);
+  if (hours < 48) return `in ${hours} hours`;
+  return `in ${Math.round(hours / 24)} days`;
+}

@@ -1,4 +1,4 @@
-import { canManageUsers } from "./accounts.js";
+import { canManageUsers, forcesTwoFactor, mustEnrol } from "./accounts.js";
 import { ControlClient, STATES } from "./control.js";
 import { ConnectionNotices } from "./devicelist.js";
 import { h } from "./dom.js";
@@ -62,7 +62,18 @@ export function startApp({ root, bootstrap, createWebSocket, url, location,
   // What the server tells full administrators (configuration problems and the like).
   const warnings = h("div", { id: "server-warnings", class: "server-warnings", role: "alert",
     hidden: true });
-  const main = h("main", { id: "main" }, Object.values(sections));
+  // Under force2factor, an account without a second factor can only enrol one.
+  const enrolText = h("p", { id: "enrol-required-status", role: "status" });
+  const enrolBanner = h("section", { id: "enrol-required", class: "enrol-banner",
+    "aria-labelledby": "enrol-required-title", hidden: true },
+  h("h2", { id: "enrol-required-title", text: "Two-factor authentication is required" }),
+  h("p", { text: "This server requires two-factor authentication of every account. Set " +
+    "up an authenticator app below to use the server." }),
+  h("p", { text: "You need your current password and an enrolment code: a one-time code " +
+    "an administrator issues for your account. Ask an administrator for one if you do " +
+    "not have it." }),
+  enrolText);
+  const main = h("main", { id: "main" }, enrolBanner, Object.values(sections));
   root.replaceChildren(header, warnings, main, toastRoot);
 
   const toasts = new Toasts(toastRoot);
@@ -74,21 +85,64 @@ export function startApp({ root, bootstrap, createWebSocket, url, location,
     createWebSocket, relayBase: relayBase(location), user: () => user });
   new EventsView({ root: sections.events, log: events });
   const usersView = new UsersView({ root: sections.users, client, toasts,
-    me: () => client.userinfo?._id });
-  const account = new AccountView({ root: sections.account, client, toasts, user });
+    me: () => client.userinfo?._id, forced: () => forcesTwoFactor(client.serverinfo) });
+  const account = new AccountView({ root: sections.account, client, toasts, user,
+    onEnrolled: () => finishEnrolment() });
 
   let current = null;
+  // Only enrolment of a second factor is possible (force2factor, none yet): the account
+  // page alone, under the banner.
+  let enrolOnly = false;
+  let finishing = false;
+  function updateNav() {
+    for (const link of nav.querySelectorAll("a")) {
+      link.hidden = (enrolOnly && link.id !== "nav-account") ||
+        (link.id === "nav-users" && !canManageUsers(user));
+    }
+  }
+  // What the server requires of this account, from serverinfo and the user's factors.
+  function applyPolicy() {
+    // Known once the session's userinfo came (the bootstrap data has no factors).
+    const required = client.userinfo !== null && mustEnrol(client.serverinfo, user);
+    account.setPolicy({ forced: forcesTwoFactor(client.serverinfo), required: enrolOnly &&
+      !required ? true : required });
+    if (enrolOnly && !required) {
+      // Enrolled (here or in another window): the next connection is a normal session.
+      finishEnrolment();
+      return;
+    }
+    if (required === enrolOnly) return;
+    enrolOnly = required;
+    enrolBanner.hidden = !enrolOnly;
+    updateNav();
+    route();
+  }
+  // After enrolment the page reloads: a new connection is a full session (with what the
+  // server sends at its start), and the app loads its data from scratch.
+  function finishEnrolment() {
+    if (finishing) return;
+    finishing = true;
+    enrolText.textContent = "Two-factor authentication is on. Loading the app…";
+    setTimeout(() => {
+      if (parseRoute(location.hash, VIEWS.map(([id]) => id)).view === "account") {
+        globalThis.history?.replaceState(null, "", "#/devices");
+      }
+      location.reload();
+    }, 1000);
+  }
   // The logged-in user (bootstrap, then userinfo and account events) decides what shows.
   function setUser(next) {
     user = next;
     const allowed = canManageUsers(user);
-    nav.querySelector("#nav-users").hidden = !allowed;
+    updateNav();
     if (current === "users" && !allowed) route();
     deviceView.renderInfo();
+    applyPolicy();
   }
   function route() {
     const wanted = parseRoute(location.hash, VIEWS.map(([id]) => id));
-    const id = wanted.view === "users" && !canManageUsers(user) ? "devices" : wanted.view;
+    let id = wanted.view === "users" && !canManageUsers(user) ? "devices" : wanted.view;
+    if (enrolOnly) id = "account";
     for (const [name, section] of Object.entries(sections)) section.hidden = name !== id;
     const navId = id === "device" ? "devices" : id;
     for (const link of nav.querySelectorAll("a")) {
@@ -108,6 +162,7 @@ export function startApp({ root, bootstrap, createWebSocket, url, location,
   route();
 
   async function reload() {
+    if (enrolOnly) return;
     try {
       const [meshes, nodes, log] = await Promise.all([
         client.request("meshes"), client.request("nodes"),
@@ -130,10 +185,17 @@ export function startApp({ root, bootstrap, createWebSocket, url, location,
     status.textContent = STATE_TEXT[state] || state;
     status.dataset.state = state;
   });
-  client.on("open", reload);
-  client.on("open", () => { if (current === "account") account.show(); });
+  // A session starts with serverinfo and userinfo: then it is known whether this account
+  // can only enrol a second factor, or the data can be loaded.
+  let starting = false;
+  client.on("open", () => { starting = true; });
   client.on("userinfo", (message) => {
     if (message.userinfo && typeof message.userinfo === "object") setUser(message.userinfo);
+    if (!starting) return;
+    starting = false;
+    if (enrolOnly) return;
+    reload();
+    if (current === "account") account.show();
   });
   client.on("serverwarnings", (message) => {
     const shown = new Set([...warnings.children].map((item) => item.textContent));

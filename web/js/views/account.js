@@ -1,18 +1,24 @@
 import {
-  describeLogins, groupSecret, parseOtpauth, passwordProblem, siteRightsText,
+  describeLogins, enrolCodeProblem, groupSecret, hasSecondFactor, normalEnrolCode, parseOtpauth,
+  passwordProblem, setupErrorText, siteRightsText,
 } from "../accounts.js";
 import { clear, h } from "../dom.js";
 import { formatTime } from "../format.js";
 import { qrSvg } from "../qr.js";
 
 // The logged-in account: facts, changing the password, two-factor authentication, the
-// recent logins and failed logins.
+// recent logins and failed logins.  When the server requires a second factor and the
+// account has none (setPolicy), only enrolment is offered: the password, an enrolment
+// code from an administrator and a code of the app; `onEnrolled` is called after it.
 export class AccountView {
-  constructor({ root, client, toasts, user }) {
+  constructor({ root, client, toasts, user, onEnrolled = () => {} }) {
     this.root = root;
     this.client = client;
     this.toasts = toasts;
     this.user = user || {};
+    this.onEnrolled = onEnrolled;
+    this.forced = false;    // the server requires a second factor (force2factor)
+    this.required = false;  // ... and this account has none yet: enrolment only
     this.enrolling = null;  // {secret, url} while an authenticator is being added
     this.codes = null;      // backup codes just made, shown once
     client.on("userinfo", (message) => this.update(message.userinfo));
@@ -40,9 +46,19 @@ export class AccountView {
       this.passwordCard, this.twoFactor, this.loginsCard));
   }
 
+  // What the server requires: {forced, required} (see the constructor).
+  setPolicy({ forced, required }) {
+    const changed = this.forced !== Boolean(forced) || this.required !== Boolean(required);
+    this.forced = Boolean(forced);
+    this.required = Boolean(required);
+    this.passwordCard.hidden = this.required;
+    this.loginsCard.hidden = this.required;
+    if (changed) this._renderTwoFactor();
+  }
+
   // Called by the router when the page is shown (and again after a reconnection).
   show() {
-    this.loadLogins();
+    if (!this.required) this.loadLogins();
   }
 
   _loginsCard() {
@@ -147,15 +163,22 @@ export class AccountView {
     const parts = [h("h2", { text: "Two-factor authentication" }),
       h("p", { id: "totp-state", dataset: { on: on ? "1" : "0" }, text: on
         ? "On: logging in asks for a code of your authenticator app."
-        : "Off: logging in needs only your password." })];
+        : this.forced ? "Not set up yet: this server requires it of every account."
+          : "Off: logging in needs only your password." })];
     if (this.enrolling) {
       parts.push(this._enrolForm());
     } else if (on) {
       parts.push(h("div", { class: "buttons start" },
         h("button", { type: "button", id: "backup-codes-new", text: "New backup codes",
           onclick: () => this._newCodes() }),
-        h("button", { type: "button", class: "danger-outline", id: "totp-clear",
-          text: "Turn off", onclick: () => this._clear() })));
+        // Under force2factor the app cannot be turned off here: the account would be
+        // back to enrolment only, needing a new code from an administrator.
+        this.forced ? null : h("button", { type: "button", class: "danger-outline",
+          id: "totp-clear", text: "Turn off", onclick: () => this._clear() })));
+      if (this.forced) {
+        parts.push(h("p", { class: "hint", text: "This server requires two-factor " +
+          "authentication, so it cannot be turned off." }));
+      }
     } else {
       parts.push(h("div", { class: "buttons start" },
         h("button", { type: "button", class: "primary", id: "totp-start",
@@ -193,8 +216,14 @@ export class AccountView {
     const key = parseOtpauth(url);
     const code = h("input", { id: "totp-code", inputmode: "numeric", autocomplete: "one-time-code",
       required: true, pattern: "[0-9]{6}", maxlength: "6", placeholder: "123456" });
+    // Under force2factor the server wants the password, and for a first factor an
+    // enrolment code issued by an administrator.
+    const needsCode = this.forced && !hasSecondFactor(this.user);
     const password = h("input", { id: "totp-password", type: "password",
-      autocomplete: "current-password" });
+      autocomplete: "current-password", required: this.forced });
+    const enrolCode = needsCode ? h("input", { id: "totp-enrolcode", autocomplete: "off",
+      autocapitalize: "characters", spellcheck: "false", required: true, maxlength: "32",
+      placeholder: "ABCD-EFGH-JKLM-NPQR", "aria-describedby": "totp-enrolcode-hint" }) : null;
     const message = h("p", { class: "message error", id: "totp-message", role: "alert" });
     const submit = h("button", { type: "submit", class: "primary", id: "totp-verify",
       text: "Verify and turn on" });
@@ -209,17 +238,27 @@ export class AccountView {
     });
     return h("form", { class: "stacked", id: "totp-form", onsubmit: async (e) => {
       e.preventDefault();
+      message.className = "message error";
+      const problem = enrolCode ? enrolCodeProblem(enrolCode.value) : "";
+      if (problem) {
+        message.textContent = problem;
+        enrolCode.focus();
+        return;
+      }
       submit.disabled = true;
       message.textContent = "";
       try {
         const fields = { secret, token: code.value.trim() };
         if (password.value) fields.password = password.value;
+        if (enrolCode) fields.enrolcode = normalEnrolCode(enrolCode.value);
         const reply = await this.client.request("otpauth-setup", fields);
-        if (!reply.success) throw new Error(reply.msg || "the code was not accepted");
+        if (!reply.success) throw new Error(setupErrorText(reply.msg));
+        const wasRequired = this.required;
         this.enrolling = null;
         this.user = { ...this.user, otpsecret: 1 };
         this.toasts.show("Two-factor authentication is on", "ok");
         this._renderTwoFactor();
+        if (wasRequired) this.onEnrolled();
       } catch (error) {
         message.textContent = `Could not turn it on: ${error.message}`;
         submit.disabled = false;
@@ -235,7 +274,11 @@ export class AccountView {
         h("code", { class: "command", id: "totp-url", text: url })),
       h("li", {}, "Enter the 6-digit code the app shows.")),
     h("label", {}, "Code", code),
-    h("label", {}, "Current password (needed when the server asks for it)", password),
+    h("label", {}, this.forced ? "Current password"
+      : "Current password (needed when the server asks for it)", password),
+    enrolCode ? h("label", {}, "Enrolment code", enrolCode,
+      h("span", { class: "hint", id: "totp-enrolcode-hint", text: "The one-time code an " +
+        "administrator issued for your account." })) : null,
     message,
     h("div", { class: "buttons" },
       h("button", { type: "button", text: "Cancel", onclick: () => {

@@ -1,16 +1,18 @@
 import {
-  FULL_ADMIN, UserList, isFullAdmin, passwordProblem, siteRightsText, userNameProblem,
+  FULL_ADMIN, UserList, expiresIn, isFullAdmin, passwordProblem, siteRightsText,
+  userNameProblem,
 } from "../accounts.js";
 import { coalesce, clear, h } from "../dom.js";
 import { formatTime } from "../format.js";
 
 // The server's accounts, for administrators: list, add, delete; kept live by events.
 export class UsersView {
-  constructor({ root, client, toasts, me }) {
+  constructor({ root, client, toasts, me, forced = () => false }) {
     this.root = root;
     this.client = client;
     this.toasts = toasts;
     this.me = me;  // () => the logged-in user's id
+    this.forced = forced;  // () => whether the server requires a second factor
     this.list = new UserList();
     this.active = false;
     this.render = coalesce(() => this._render());
@@ -65,6 +67,10 @@ export class UsersView {
         h("td", { class: "actions" },
           h("button", { type: "button", class: "edit-user", text: "Edit",
             "aria-label": `Edit user ${user.name}`, onclick: () => this._editDialog(user) }),
+          // Under force2factor a user enrols with a code another administrator issues.
+          self || !this.forced() ? null : h("button", { type: "button", class: "enrol-code",
+            text: "Enrolment code", "aria-label": `Two-factor enrolment code for ${user.name}`,
+            onclick: () => this._enrolCodeDialog(user) }),
           self ? null : h("button", { type: "button",
             class: "delete-user danger-outline", text: "Delete",
             "aria-label": `Delete user ${user.name}`, onclick: () => this._confirmDelete(user) })));
@@ -164,6 +170,71 @@ export class UsersView {
     clear(dialog).append(form);
     dialog.showModal();
     email.focus();
+  }
+
+  // A one-time two-factor enrolment code for the user (`otpauth-enrolcode`), shown once.
+  _enrolCodeDialog(user) {
+    const dialog = this.dialog;
+    dialog.onclose = null;
+    const error = h("p", { class: "error", id: "enrolcode-error", role: "alert" });
+    const result = h("div", { id: "enrolcode-result", hidden: true });
+    const issue = h("button", { type: "button", class: "primary", id: "enrolcode-issue",
+      text: "Issue code" });
+    const close = h("button", { type: "button", id: "enrolcode-close", text: "Cancel",
+      onclick: () => dialog.close() });
+    issue.addEventListener("click", async () => {
+      issue.disabled = true;
+      error.textContent = "";
+      try {
+        const reply = await this.client.call("otpauth-enrolcode", { userid: user._id });
+        if (typeof reply.code !== "string" || !reply.code) {
+          throw new Error("The server sent no code");
+        }
+        this._showEnrolCode(user, reply, result);
+        issue.hidden = true;
+        close.textContent = "Close";
+        result.querySelector("#enrolcode-copy")?.focus();
+      } catch (err) {
+        error.textContent = `Could not issue an enrolment code: ${err.message}`;
+        issue.disabled = false;
+      }
+    });
+    const enrolled = Boolean(user.otpsecret);
+    clear(dialog).append(h("div", { class: "stacked enrolcode" },
+      h("h2", { text: `Two-factor enrolment code for "${user.name}"` }),
+      h("p", { text: "This server requires two-factor authentication. With a one-time " +
+        "enrolment code and their password, the user sets up an authenticator app at their " +
+        "next login. Hand the code over in person or by another channel than e-mail." }),
+      enrolled ? h("p", { class: "hint", text: "This user already has an authenticator " +
+        "app; the code is only needed if they set one up again." }) : null,
+      h("p", { class: "hint", text: "Issuing a code cancels any earlier one for this user." }),
+      result, error,
+      h("div", { class: "buttons" }, close, issue)));
+    dialog.showModal();
+    issue.focus();
+  }
+
+  _showEnrolCode(user, reply, result) {
+    const code = String(reply.code);
+    const expire = Number(reply.expire);
+    const copy = h("button", { type: "button", id: "enrolcode-copy", text: "Copy code",
+      onclick: async () => {
+        try {
+          await navigator.clipboard.writeText(code);
+          this.toasts.show("Enrolment code copied", "ok");
+        } catch (err) {
+          this.toasts.show("Copying needs clipboard permission; select the code instead",
+            "error");
+        }
+      } });
+    result.replaceChildren(
+      h("p", { text: `The enrolment code for "${user.name}", shown only now:` }),
+      h("p", { class: "enrolcode-line" },
+        h("code", { class: "enrolcode-value", id: "enrolcode-value", text: code }), copy),
+      Number.isFinite(expire) ? h("p", { class: "hint", id: "enrolcode-expire",
+        text: `Valid until ${formatTime(expire)} (${expiresIn(expire)}); it works once.` })
+        : null);
+    result.hidden = false;
   }
 
   _confirmDelete(user) {
