@@ -80,3 +80,67 @@ export function amtPowerOutcome(event, deviceName) {
     : `Intel AMT ${amtActionName(event.actiontype)} ${ok ? "done" : "failed"}`;
   return { text: `${name}${msg}`, kind: ok ? "ok" : "error" };
 }
+
+// --- Intel AMT-only device groups and a device's AMT credentials ----------------------
+
+export const MESHTYPE_AMT_ONLY = 1;
+export const MESHTYPE_AGENT = 2;
+export const MESHRIGHT_MANAGECOMPUTERS = 0x4;
+const CIRA_USER_LENGTH = 16;
+const AMT_FIELD_MAX = 64;  // what `changedevice` stores (control/actions/devices.py)
+
+export function isAmtOnlyGroup(mesh) {
+  return Number(mesh?.mtype) === MESHTYPE_AMT_ONLY;
+}
+
+// The CIRA user name of a group, as the server derives it (mps/cira.py cira_username):
+// the id's suffix with "@" and "$" made "X", 16 characters; "" if the id is too short.
+export function ciraUserName(meshid) {
+  const parts = typeof meshid === "string" ? meshid.split("/") : [];
+  if (parts.length < 3 || parts[0] !== "mesh") return "";
+  const name = parts.slice(2).join("/").replace(/[@$]/g, "X").slice(0, CIRA_USER_LENGTH);
+  return name.length === CIRA_USER_LENGTH ? name : "";
+}
+
+// A word for a POSIX shell: as is when plainly safe, else in single quotes.
+export function shellQuote(word) {
+  const text = String(word);
+  if (/^[A-Za-z0-9_./:=@%+-]+$/.test(text)) return text;
+  return `'${text.replace(/'/g, "'\\''")}'`;
+}
+
+// The shell command (on the server) that issues a group's CIRA password: no control
+// action does, so the password never travels over a browser session.
+export function ciraCredentialsCommand(meshid) {
+  return `meshd-admin ciracredentials ${shellQuote(meshid)}`;
+}
+
+// May these device rights change the device's Intel AMT credentials (`changedevice`).
+export function mayManageAmt(rights) {
+  const bits = (Number(rights) || 0) >>> 0;
+  return bits === FULL_RIGHTS || (bits & MESHRIGHT_MANAGECOMPUTERS) !== 0;
+}
+
+// What the page may say of a device's stored credentials: the user, and whether a
+// password is set (the server sends `pass: 1`, never the password).
+export function amtCredentials(node) {
+  const amt = node?.intelamt;
+  if (!amt || typeof amt !== "object") return { user: "", hasPassword: false };
+  return { user: typeof amt.user === "string" ? amt.user : "",
+    hasPassword: amt.pass !== undefined && amt.pass !== null && amt.pass !== "" };
+}
+
+// Why `changedevice` would ignore these credentials ("" if it takes them): the server
+// drops them silently, so the page says so first.
+export function amtCredentialsError(user, password) {
+  if (typeof user !== "string" || typeof password !== "string") return "Enter a user and password";
+  if (!user) return "Enter the Intel AMT user name";
+  if (!password) return "Enter the Intel AMT password";
+  if (user.length > AMT_FIELD_MAX) return `The user name is longer than ${AMT_FIELD_MAX} characters`;
+  if (password.length > AMT_FIELD_MAX) {
+    return `The password is longer than ${AMT_FIELD_MAX} characters`;
+  }
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f]/.test(user)) return "The user name has control characters";
+  return "";
+}

@@ -2,8 +2,9 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  AMT_POWER_ACTIONS, MESHRIGHT_RESETOFF, MESHRIGHT_WAKEDEVICE, amtConnection, amtPowerActions,
-  amtPowerOutcome, deviceRights, hasAmt,
+  AMT_POWER_ACTIONS, MESHRIGHT_RESETOFF, MESHRIGHT_WAKEDEVICE, amtConnection, amtCredentials,
+  amtCredentialsError, amtPowerActions, amtPowerOutcome, ciraCredentialsCommand, ciraUserName,
+  deviceRights, hasAmt, isAmtOnlyGroup, mayManageAmt, shellQuote,
 } from "../js/amt.js";
 
 const ids = (actions) => actions.map((action) => action.id);
@@ -86,4 +87,48 @@ test("an amtpower event becomes a toast", () => {
     msg: "<b>x</b>" }), { kind: "ok", text: "<b>x</b>" });
   assert.equal(amtPowerOutcome({ action: "changenode" }), null);
   assert.equal(amtPowerOutcome(null), null);
+});
+
+test("an Intel AMT-only group is mtype 1", () => {
+  assert.equal(isAmtOnlyGroup({ mtype: 1 }), true);
+  assert.equal(isAmtOnlyGroup({ mtype: 2 }), false);
+  assert.equal(isAmtOnlyGroup(undefined), false);
+});
+
+test("a group's CIRA user name is its id's first 16 characters, @ and $ made X", () => {
+  assert.equal(ciraUserName("mesh//f8eM5VPkC$P93u1J@abcdefgh"), "f8eM5VPkCXP93u1J");
+  assert.equal(ciraUserName("mesh/dom/@@@@AAAABBBBCCCCDDDD"), "XXXXAAAABBBBCCCC");
+  assert.equal(ciraUserName("mesh//short"), "");
+  assert.equal(ciraUserName("node//f8eM5VPkC$P93u1Jxx"), "");
+  assert.equal(ciraUserName(undefined), "");
+});
+
+test("the CIRA credentials command quotes the group id for the shell", () => {
+  assert.equal(ciraCredentialsCommand("mesh//abc@def"), "meshd-admin ciracredentials mesh//abc@def");
+  assert.equal(ciraCredentialsCommand("mesh//a$b"), "meshd-admin ciracredentials 'mesh//a$b'");
+  assert.equal(shellQuote("it's"), "'it'\\''s'");
+  assert.equal(shellQuote(""), "''");
+});
+
+test("changing AMT credentials needs manage-devices or full rights", () => {
+  assert.equal(mayManageAmt(0xFFFFFFFF), true);
+  assert.equal(mayManageAmt(-1), true);
+  assert.equal(mayManageAmt(0x4), true);
+  assert.equal(mayManageAmt(0x8 | 0x40), false);
+  assert.equal(mayManageAmt(undefined), false);
+});
+
+test("a device's AMT credentials: the user, and only whether a password is set", () => {
+  assert.deepEqual(amtCredentials({ intelamt: { user: "admin", pass: 1 } }),
+    { user: "admin", hasPassword: true });
+  assert.deepEqual(amtCredentials({ intelamt: { user: "admin", pass: "" } }),
+    { user: "admin", hasPassword: false });
+  assert.deepEqual(amtCredentials({ intelamt: { user: 3 } }), { user: "", hasPassword: false });
+  assert.deepEqual(amtCredentials({}), { user: "", hasPassword: false });
+  assert.equal(amtCredentialsError("admin", "P@ssw0rd!"), "");
+  assert.match(amtCredentialsError("", "x"), /user/);
+  assert.match(amtCredentialsError("admin", ""), /password/);
+  assert.match(amtCredentialsError("a".repeat(65), "x"), /64/);
+  assert.match(amtCredentialsError("a", "x".repeat(65)), /64/);
+  assert.match(amtCredentialsError("a\nb", "x"), /control/);
 });

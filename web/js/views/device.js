@@ -1,10 +1,18 @@
-import { amtConnection, amtPowerActions, amtPowerOutcome, deviceRights } from "../amt.js";
+import {
+  amtConnection, amtCredentials, amtCredentialsError, amtPowerActions, amtPowerOutcome,
+  deviceRights, hasAmt, mayManageAmt,
+} from "../amt.js";
 import { runCommand } from "../commands.js";
 import { coalesce, clear, h } from "../dom.js";
 import { agentVersion, connectionState, formatTime, osName } from "../format.js";
+import { SHARE_DURATIONS, SHARE_FILES, SHARE_TERMINAL, shareRequest, shareRow, shareableParts }
+  from "../guestlinks.js";
 import { EventLog } from "../model.js";
 import { FilesPanel } from "./files.js";
 import { TerminalPanel } from "./terminal.js";
+
+// Events that change a device's guest links.
+const SHARE_EVENTS = new Set(["addedDeviceShare", "removedDeviceShare", "deviceShareUpdate"]);
 
 const TABS = [["overview", "Overview"], ["terminal", "Terminal"], ["files", "Files"]];
 
@@ -30,7 +38,10 @@ export class DeviceView {
       if (change.kind === "reset" || change.id === this.nodeid) this.renderInfo();
     });
     client.on("event", (event) => {
-      if (this.nodeid && event.nodeid === this.nodeid) this.log.add(event);
+      if (this.nodeid && event.nodeid === this.nodeid) {
+        this.log.add(event);
+        if (SHARE_EVENTS.has(event.action)) this._loadShares();
+      }
       this._amtOutcome(event);
     });
     client.on("open", () => { if (this.nodeid && !this.root.hidden) this._load(); });
@@ -59,12 +70,15 @@ export class DeviceView {
         "CIRA connection, whatever the operating system is doing." }),
       h("div", { class: "amt-power" }, this.amtButtons, this.amtStatus));
     this.amtActionsKey = null;
+    this._buildAmtCredentials();
+    this._buildShares();
     this.dialog = h("dialog", { id: "device-dialog", class: "dialog" });
     this.events = h("tbody", { id: "device-event-rows" });
     this.noEvents = h("p", { class: "empty", text: "No events for this device." });
     this.overview = h("div", { class: "device-page", id: "device-overview", role: "tabpanel" },
       h("div", { class: "card" }, h("h2", { text: "General" }), this.facts),
       this.amtCard,
+      this.credCard,
       h("div", { class: "card" }, h("h2", { text: "Run command" }),
         h("form", { id: "run-form", onsubmit: (e) => { e.preventDefault(); this._run(); } },
           h("p", { class: "hint", text: "A shell script (sh on Linux and macOS, cmd on " +
@@ -75,7 +89,8 @@ export class DeviceView {
       h("div", { class: "card wide" }, h("h2", { text: "Events" }),
         h("table", { class: "events" }, h("thead", {}, h("tr", {},
           ["Time", "User", "Event"].map((title) => h("th", { scope: "col", text: title })))),
-        this.events), this.noEvents));
+        this.events), this.noEvents),
+      this.shareCard);
     this.tabButtons = TABS.map(([id, title]) => h("button", { type: "button", role: "tab",
       id: `device-tab-${id}`, class: "tab", dataset: { tab: id }, text: title,
       onclick: () => this.selectTab(id),
@@ -151,6 +166,15 @@ export class DeviceView {
       this.amtStatus.textContent = "";
       delete this.amtStatus.dataset.state;
       this.log.load([]);
+      this.credForm.reset();
+      this.credShownUser = null;
+      this.credError.textContent = "";
+      this.shares = null;
+      this.sharesKey = null;
+      this.sharesPending = false;
+      this.shareError.textContent = "";
+      this.newLink.hidden = true;
+      this.shareRows.replaceChildren();
     }
     this._renderInfo();
     this._showTab();
@@ -172,6 +196,7 @@ export class DeviceView {
     if (events.status === "fulfilled") this.log.load(events.value.events);
     if (last.status === "fulfilled" && !last.value.noinfo) this.lastconnect = last.value;
     this.renderInfo();
+    this._loadShares();
   }
 
   _renderInfo() {
@@ -212,6 +237,10 @@ export class DeviceView {
       [h("dt", { text: label }), h("dd", { text: value, dataset: { fact: label } })]).flat());
     this.runButton.disabled = this.running;
     this._renderAmt(node, mesh);
+    const rights = deviceRights(this.user(), node, mesh);
+    this._renderCredentials(node, rights);
+    // Guest links open the agent's terminal or files: none for Intel AMT-only devices.
+    this._renderShares(Number(node.mtype) === 1 ? 0 : rights);
   }
 
   // Power buttons for the Intel AMT power actions the user's rights allow.
@@ -225,6 +254,221 @@ export class DeviceView {
       id: `amt-${action.id}`, class: action.confirm ? "danger-outline" : "",
       dataset: { actiontype: String(action.actiontype) }, text: action.label,
       onclick: () => this._amtPower(action) })));
+  }
+
+  // --- Intel AMT credentials ------------------------------------------------------------
+
+  _buildAmtCredentials() {
+    this.credUser = h("input", { id: "amt-cred-user", name: "amtuser", autocomplete: "off",
+      maxlength: "64", required: true, spellcheck: "false" });
+    this.credPass = h("input", { id: "amt-cred-pass", name: "amtpass", type: "password",
+      autocomplete: "new-password", maxlength: "64", required: true });
+    this.credState = h("p", { class: "hint", id: "amt-cred-state" });
+    this.credError = h("p", { class: "error", id: "amt-cred-error", role: "alert" });
+    this.credSave = h("button", { type: "submit", class: "primary", id: "amt-cred-save",
+      text: "Save credentials" });
+    this.credForm = h("form", { class: "stacked", id: "amt-cred-form",
+      onsubmit: (e) => { e.preventDefault(); this._saveCredentials(); } },
+    h("label", {}, "Intel AMT user", this.credUser),
+    h("label", {}, "Intel AMT password", this.credPass),
+    this.credError,
+    h("div", { class: "buttons start" }, this.credSave));
+    this.credCard = h("div", { class: "card", id: "amt-credentials", hidden: true },
+      h("h2", { text: "Intel AMT credentials" }),
+      h("p", { class: "hint", text: "The account the server logs in to Intel AMT with " +
+        "(power actions over CIRA). The password is stored on the server and never shown." }),
+      this.credState, this.credForm);
+  }
+
+  _renderCredentials(node, rights) {
+    const shown = hasAmt(node) && mayManageAmt(rights);
+    this.credCard.hidden = !shown;
+    if (!shown) return;
+    const { user, hasPassword } = amtCredentials(node);
+    this.credState.dataset.pass = hasPassword ? "1" : "0";
+    this.credState.textContent = user
+      ? `Stored: user "${user}", ${hasPassword ? "password set" : "no password"}.`
+      : "No Intel AMT credentials are stored for this device.";
+    // The stored user fills the field when it changes (not while it is being typed).
+    if (user !== this.credShownUser && document.activeElement !== this.credUser) {
+      this.credUser.value = user;
+      this.credShownUser = user;
+    }
+  }
+
+  async _saveCredentials() {
+    const nodeid = this.nodeid;
+    const user = this.credUser.value;
+    const pass = this.credPass.value;
+    const problem = amtCredentialsError(user, pass);
+    this.credError.textContent = problem;
+    if (problem || !nodeid) return;
+    this.credSave.disabled = true;
+    try {
+      await this.client.call("changedevice", { nodeid, intelamt: { user, pass } });
+      if (nodeid !== this.nodeid) return;
+      this.credPass.value = "";
+      this.toasts.show("Intel AMT credentials saved", "ok");
+    } catch (error) {
+      if (nodeid === this.nodeid) {
+        this.credError.textContent = `Could not save the credentials: ${error.message}`;
+      }
+    } finally {
+      this.credSave.disabled = false;
+    }
+  }
+
+  // --- guest links ------------------------------------------------------------------------
+
+  _buildShares() {
+    this.shares = null;  // the device's links as last listed, or null
+    this.sharesKey = null;
+    this.shareRows = h("ul", { class: "share-list", id: "share-rows" });
+    this.noShares = h("p", { class: "empty", id: "share-none", text: "No guest links." });
+    this.shareError = h("p", { class: "error", id: "share-error", role: "alert" });
+    this.guestName = h("input", { id: "share-guest", name: "guestname", maxlength: "128",
+      autocomplete: "off", required: true });
+    this.shareTerminal = h("input", { type: "checkbox", id: "share-terminal", checked: true });
+    this.shareFiles = h("input", { type: "checkbox", id: "share-files" });
+    this.shareDuration = h("select", { id: "share-duration", name: "expire" },
+      SHARE_DURATIONS.map(([minutes, label]) => h("option", { value: String(minutes),
+        text: label })));
+    this.shareCreate = h("button", { type: "submit", class: "primary", id: "share-create",
+      text: "Create link" });
+    this.newLinkUrl = h("input", { id: "share-new-url", readonly: true, class: "url",
+      "aria-label": "The new guest link" });
+    this.newLink = h("div", { class: "new-link", id: "share-new", hidden: true, role: "status" },
+      h("p", { text: "Give this link to the guest:" }),
+      h("div", { class: "copy-row" }, this.newLinkUrl,
+        h("button", { type: "button", id: "share-new-copy", text: "Copy",
+          onclick: () => this._copy(this.newLinkUrl.value) })));
+    this.shareForm = h("form", { class: "stacked", id: "share-form",
+      onsubmit: (e) => { e.preventDefault(); this._createShare(); } },
+    h("h3", { text: "New guest link" }),
+    h("label", {}, "Guest name", this.guestName),
+    h("fieldset", { class: "share-parts" }, h("legend", { text: "Share" }),
+      h("label", { class: "check", id: "share-terminal-label" }, this.shareTerminal, "Terminal"),
+      h("label", { class: "check", id: "share-files-label" }, this.shareFiles, "Files")),
+    h("label", {}, "Valid for", this.shareDuration),
+    h("div", { class: "buttons start" }, this.shareCreate));
+    this.shareCard = h("div", { class: "card wide", id: "guest-links", hidden: true },
+      h("h2", { text: "Guest links" }),
+      h("p", { class: "hint", text: "A guest link opens this device's terminal or files " +
+        "to someone without an account, until it expires or is removed." }),
+      this.shareRows, this.noShares, this.newLink, this.shareError, this.shareForm);
+  }
+
+  _renderShares(rights) {
+    const parts = shareableParts(rights);
+    this.shareCard.hidden = parts.length === 0;
+    this.shareTerminal.disabled = !parts.includes(SHARE_TERMINAL);
+    this.shareFiles.disabled = !parts.includes(SHARE_FILES);
+    if (this.shareTerminal.disabled) this.shareTerminal.checked = false;
+    if (this.shareFiles.disabled) this.shareFiles.checked = false;
+    this.mayShare = parts.length > 0;
+    if (this.mayShare && this.shares === null && !this.sharesPending) this._loadShares();
+    const rows = (this.shares ?? []).map((share) => shareRow(share));
+    const key = this.shares === null ? "" : JSON.stringify(rows);
+    if (key === this.sharesKey) return;
+    this.sharesKey = key;
+    this.noShares.hidden = rows.length > 0 || this.shares === null;
+    this.shareRows.replaceChildren(...rows.map((row) => h("li", { class: "share",
+      dataset: { publicid: row.publicid, guest: row.guest } },
+    h("div", { class: "share-info" },
+      h("strong", { class: "guest", text: row.guest || "(no name)" }),
+      h("span", { class: "what", text: ` · ${row.what} · ${row.window}` }),
+      row.url ? h("a", { class: "share-url", href: row.url, target: "_blank",
+        rel: "noopener noreferrer", text: row.url }) : null),
+    h("div", { class: "buttons start" },
+      row.url ? h("button", { type: "button", class: "copy-share", text: "Copy link",
+        "aria-label": `Copy the link of ${row.guest}`,
+        onclick: () => this._copy(row.url) }) : null,
+      h("button", { type: "button", class: "remove-share danger-outline", text: "Remove",
+        "aria-label": `Remove the link of ${row.guest}`,
+        onclick: (e) => this._removeShare(row, e.currentTarget) })))));
+  }
+
+  async _loadShares() {
+    const nodeid = this.nodeid;
+    if (!nodeid || !this.mayShare || this.client.state !== "open") return;
+    this.sharesPending = true;
+    try {
+      const reply = await this.client.request("deviceShares", { nodeid }, { untagged: true,
+        accepts: (m) => m.action === "deviceShares"
+          && (m.nodeid === nodeid || m.result !== undefined) });
+      if (nodeid !== this.nodeid) return;
+      if (!Array.isArray(reply.deviceShares)) {
+        throw new Error(String(reply.result ?? "no answer"));
+      }
+      this.shares = reply.deviceShares;
+      this.renderInfo();
+    } catch (error) {
+      if (nodeid === this.nodeid) {
+        this.shares = [];
+        this.shareError.textContent = `Could not list the guest links: ${error.message}`;
+        this.renderInfo();
+      }
+    } finally {
+      if (nodeid === this.nodeid) this.sharesPending = false;
+    }
+  }
+
+  async _createShare() {
+    const nodeid = this.nodeid;
+    const { fields, error } = shareRequest({ nodeid, guestname: this.guestName.value,
+      terminal: this.shareTerminal.checked, files: this.shareFiles.checked,
+      minutes: this.shareDuration.value });
+    this.shareError.textContent = error ?? "";
+    if (error || !nodeid) return;
+    this.shareCreate.disabled = true;
+    try {
+      const reply = await this.client.call("createDeviceShareLink", fields);
+      if (nodeid !== this.nodeid) return;
+      const row = shareRow(reply);
+      this.guestName.value = "";
+      this.newLinkUrl.value = row.url;
+      this.newLink.hidden = !row.url;
+      this.toasts.show(`Guest link for ${fields.guestname} created`, "ok");
+      this._loadShares();
+    } catch (err) {
+      if (nodeid === this.nodeid) {
+        this.shareError.textContent = `Could not create the link: ${err.message}`;
+      }
+    } finally {
+      this.shareCreate.disabled = false;
+    }
+  }
+
+  async _removeShare(row, button) {
+    const nodeid = this.nodeid;
+    if (!nodeid || !row.publicid) return;
+    button.disabled = true;
+    this.shareError.textContent = "";
+    try {
+      // The answer comes twice: `{removed}` then the result, which is what counts.
+      const reply = await this.client.request("removeDeviceShare",
+        { nodeid, publicid: row.publicid },
+        { accepts: (m) => m.action === "removeDeviceShare" && m.result !== undefined });
+      if (!/^ok$/i.test(String(reply.result))) throw new Error(String(reply.result));
+      if (nodeid !== this.nodeid) return;
+      if (this.newLinkUrl.value === row.url) this.newLink.hidden = true;
+      this.toasts.show(`Guest link of ${row.guest || "(no name)"} removed`, "ok");
+      this._loadShares();
+    } catch (error) {
+      if (nodeid === this.nodeid) {
+        this.shareError.textContent = `Could not remove the link: ${error.message}`;
+      }
+      button.disabled = false;
+    }
+  }
+
+  async _copy(text) {
+    try {
+      await navigator.clipboard.writeText(text);
+      this.toasts.show("Link copied", "ok");
+    } catch (error) {
+      this.toasts.show("Copying needs clipboard permission; select the link instead", "error");
+    }
   }
 
   _amtPower(action) {

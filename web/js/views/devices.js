@@ -4,6 +4,9 @@ import {
 import {
   COLUMNS, DeviceIndex, STATE_FILTERS, deviceAddress, filterWords, sortDevices, windowRange,
 } from "../devicelist.js";
+import {
+  MESHTYPE_AGENT, MESHTYPE_AMT_ONLY, ciraCredentialsCommand, ciraUserName, isAmtOnlyGroup,
+} from "../amt.js";
 import { coalesce, clear, h } from "../dom.js";
 import { agentVersion, connectionState, formatTime, osName, shortId } from "../format.js";
 import { isOnline } from "../model.js";
@@ -94,9 +97,13 @@ export class DevicesView {
     const input = h("input", { name: "meshname", id: "new-group-name", required: true,
       maxlength: "128", placeholder: "New device group name", autocomplete: "off",
       "aria-label": "New device group name" });
+    const type = h("select", { name: "meshtype", id: "new-group-type",
+      "aria-label": "Type of the new device group" },
+    h("option", { value: String(MESHTYPE_AGENT), text: "Agents" }),
+    h("option", { value: String(MESHTYPE_AMT_ONLY), text: "Intel AMT only" }));
     this.createForm = h("form", { class: "inline-form", id: "new-group",
-      onsubmit: (e) => { e.preventDefault(); this._create(input); } },
-    input, h("button", { type: "submit", class: "primary", text: "Create group" }));
+      onsubmit: (e) => { e.preventDefault(); this._create(input, type); } },
+    input, type, h("button", { type: "submit", class: "primary", text: "Create group" }));
     let timer = null;
     const search = h("input", { type: "search", id: "device-filter", placeholder: "Filter devices",
       "aria-label": "Filter devices", autocomplete: "off",
@@ -148,14 +155,16 @@ export class DevicesView {
     this.render();
   }
 
-  async _create(input) {
+  async _create(input, type) {
     const name = input.value.trim();
     if (!name) return;
+    const meshtype = Number(type.value) === MESHTYPE_AMT_ONLY ? MESHTYPE_AMT_ONLY : MESHTYPE_AGENT;
     const button = this.createForm.querySelector("button");
     button.disabled = true;
     try {
-      await this.client.call("createmesh", { meshname: name, meshtype: 2 });
+      await this.client.call("createmesh", { meshname: name, meshtype });
       input.value = "";
+      type.value = String(MESHTYPE_AGENT);
       this.toasts.show(`Device group "${name}" created`, "ok");
     } catch (error) {
       this.toasts.show(`Could not create the group: ${error.message}`, "error");
@@ -447,6 +456,8 @@ export class DevicesView {
     block.actions = h("div", { class: "group-actions" });
     block.desc = h("p", { class: "desc", hidden: true });
     block.empty = h("p", { class: "empty", hidden: true });
+    block.provision = h("div", { class: "provision", hidden: true });
+    block.provisionKey = null;
     block.headers = COLUMNS.map(([key, title]) => h("th", { scope: "col", class: `col-${key}` },
       h("button", { type: "button", class: "sort", dataset: { sort: key }, text: title,
         title: `Sort by ${title.toLowerCase()}` })));
@@ -456,7 +467,7 @@ export class DevicesView {
     block.section = h("section", { class: "group", dataset: { meshid } },
       h("header", {}, h("div", { class: "group-title" }, block.heading, block.counts),
         block.actions),
-      block.desc, block.empty, block.table);
+      block.desc, block.provision, block.empty, block.table);
     this._showSort(block);
     return block;
   }
@@ -498,23 +509,75 @@ export class DevicesView {
     // What our own link allows (no link of ours: the server decides, buttons stay).
     const link = mesh.links?.[this.me()];
     const rights = link ? (Number(link.rights) || 0) >>> 0 : FULL_ADMIN;
-    const actionsKey = `${rights}\u0001${name}`;
+    const amtOnly = isAmtOnlyGroup(mesh);
+    block.section.dataset.mtype = String(Number(mesh.mtype) || "");
+    const actionsKey = `${rights}\u0001${name}\u0001${amtOnly}`;
     if (block.actionsKey !== actionsKey) {
       block.actionsKey = actionsKey;
-      block.actions.replaceChildren(...this._actions(mesh._id, name, rights));
+      block.actions.replaceChildren(...this._actions(mesh._id, name, rights, amtOnly));
     }
+    this._showProvision(block, mesh, amtOnly);
     let empty = "";
-    if (!devices.length) empty = "No devices yet. Use “Add agent” to install one.";
+    if (!devices.length) {
+      empty = amtOnly ? "No devices yet. Provision Intel AMT with this group's CIRA " +
+        "credentials to add one." : "No devices yet. Use “Add agent” to install one.";
+    }
     else if (!block.shown.length) empty = "No device matches the filter.";
     setText(block.empty, empty);
     block.empty.hidden = !empty;
     block.table.hidden = !block.shown.length;
   }
 
-  _actions(meshid, name, rights) {
+  // How to bring Intel AMT devices into an AMT-only group: over CIRA, as the group's
+  // CIRA user with a password the server's `meshd-admin ciracredentials` issues (no
+  // control action hands that password to a browser).
+  _showProvision(block, mesh, amtOnly) {
+    const info = this.client.serverinfo || {};
+    const host = String(info.mpsname || globalThis.location?.hostname || "");
+    const port = Number(info.mpsport) || 4433;
+    const key = amtOnly ? `${mesh._id}\u0001${host}\u0001${port}` : "";
+    block.provision.hidden = !amtOnly;
+    if (key === block.provisionKey) return;
+    block.provisionKey = key;
+    if (!amtOnly) {
+      block.provision.replaceChildren();
+      return;
+    }
+    const user = ciraUserName(mesh._id);
+    const command = ciraCredentialsCommand(mesh._id);
+    block.provision.replaceChildren(
+      h("span", { class: "tag kind-amt", text: "Intel AMT only" }),
+      h("p", { class: "hint", text: "Devices join this group when Intel AMT connects to " +
+        "the server over CIRA with the group's credentials:" }),
+      h("dl", { class: "facts provision-facts" },
+        h("dt", { text: "CIRA server" }),
+        h("dd", { class: "cira-server", text: `${host}:${port}` }),
+        h("dt", { text: "CIRA user" }),
+        h("dd", { class: "cira-user", text: user || "(this group's id is too short)" }),
+        h("dt", { text: "CIRA password" }),
+        h("dd", {}, "Issued on the server, shown once; run there:",
+          h("div", { class: "copy-row" },
+            h("code", { class: "command cira-command", text: command }),
+            h("button", { type: "button", class: "copy-cira", text: "Copy",
+              "aria-label": `Copy the CIRA credentials command of ${mesh.name ?? ""}`,
+              onclick: async () => {
+                try {
+                  await navigator.clipboard.writeText(command);
+                  this.toasts.show("Command copied", "ok");
+                } catch (error) {
+                  this.toasts.show("Copying needs clipboard permission; select the text " +
+                    "instead", "error");
+                }
+              } }))),
+      ),
+      h("p", { class: "hint", text: "Running it again issues a new password: devices " +
+        "provisioned with the old one are then refused." }));
+  }
+
+  _actions(meshid, name, rights, amtOnly = false) {
     const mesh = () => this.model.meshes.get(meshid);
     return [
-      h("button", { type: "button", class: "add-agent", text: "Add agent",
+      amtOnly ? null : h("button", { type: "button", class: "add-agent", text: "Add agent",
         "aria-label": `Add an agent to ${name}`,
         onclick: () => { if (mesh()) this._addAgent(mesh()); } }),
       rights & 0x1 ? h("button", { type: "button", class: "edit-group", text: "Edit",
