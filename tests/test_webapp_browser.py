@@ -200,6 +200,27 @@ class BrowserTestCase(SynchronousTestCase):
         assert meshid is not None
         return meshid
 
+    def open_agent_device(self, session: Session, prefix: str
+                          ) -> tuple[PythonAgent, str, str]:
+        """A new group with a real Python agent in it, the agent's device page open:
+        (agent, group name, node id)."""
+        page = session.page
+        name = prefix + uuid.uuid4().hex[:6]
+        meshid = self.create_group(session, name)
+        group = f"section.group[data-meshid='{meshid}']"
+        msh = request(self.server, "GET", f"/meshsettings?id={meshid.split('/')[-1]}").body
+        agent = PythonAgent(msh).start()
+        self.addCleanup(agent.cleanup)
+        try:
+            page.wait_for_selector(f"{group} tr.device[data-online='1']", timeout=90000)
+        except Exception:
+            raise AssertionError(f"agent log:\n{agent.log()[-3000:]}")
+        nodeid = page.get_attribute(f"{group} tr.device", "data-nodeid")
+        assert nodeid is not None
+        page.click(f"{group} tr.device a.device-link")
+        page.wait_for_selector("#view-device:not([hidden]) #device-state[data-online='1']")
+        return agent, name, nodeid
+
     def assertNoErrors(self, session: Session) -> None:
         self.assertEqual(session.errors, [])
 
@@ -577,20 +598,7 @@ class AgentTests(BrowserTestCase):
         session = self.session()
         self.log_in(session)
         page = session.page
-        name = "cmd-" + uuid.uuid4().hex[:6]
-        meshid = self.create_group(session, name)
-        group = f"section.group[data-meshid='{meshid}']"
-        msh = request(self.server, "GET", f"/meshsettings?id={meshid.split('/')[-1]}").body
-        agent = PythonAgent(msh).start()
-        self.addCleanup(agent.cleanup)
-        try:
-            page.wait_for_selector(f"{group} tr.device[data-online='1']", timeout=90000)
-        except Exception:
-            raise AssertionError(f"agent log:\n{agent.log()[-3000:]}")
-        nodeid = page.get_attribute(f"{group} tr.device", "data-nodeid")
-        assert nodeid is not None
-        page.click(f"{group} tr.device a.device-link")
-        page.wait_for_selector("#view-device:not([hidden]) #device-state[data-online='1']")
+        agent, name, nodeid = self.open_agent_device(session, "cmd-")
         self.assertIn("/device/", page.url)
         page.wait_for_selector("#device-facts dd[data-fact='Agent version']:has-text('core')")
         page.wait_for_selector("#device-facts dd[data-fact='Last connection']")
@@ -635,19 +643,7 @@ class DeviceSessionTests(BrowserTestCase):
     """The terminal and files tabs of a device, through the relay to a real Python agent."""
 
     def open_device(self, session: Session, prefix: str) -> PythonAgent:
-        page = session.page
-        meshid = self.create_group(session, prefix + uuid.uuid4().hex[:6])
-        group = f"section.group[data-meshid='{meshid}']"
-        msh = request(self.server, "GET", f"/meshsettings?id={meshid.split('/')[-1]}").body
-        agent = PythonAgent(msh).start()
-        self.addCleanup(agent.cleanup)
-        try:
-            page.wait_for_selector(f"{group} tr.device[data-online='1']", timeout=90000)
-        except Exception:
-            raise AssertionError(f"agent log:\n{agent.log()[-3000:]}")
-        page.click(f"{group} tr.device a.device-link")
-        page.wait_for_selector("#view-device:not([hidden]) #device-state[data-online='1']")
-        return agent
+        return self.open_agent_device(session, prefix)[0]
 
     def test_terminal(self) -> None:
         """The terminal tab opens a shell in xterm.js through the relay: a command's output

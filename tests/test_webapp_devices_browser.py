@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from meshd.mps.cira import cira_username
-from tests.server import PythonAgent
 from tests.test_login import admin, request
 from tests.test_webapp_browser import BrowserTestCase, make_user, wait_for
 
@@ -190,18 +189,7 @@ class GuestLinkTests(BrowserTestCase):
         session = self.session()
         self.log_in(session)
         page = session.page
-        meshid = self.create_group(session, "guests-" + uuid.uuid4().hex[:6])
-        group = f"section.group[data-meshid='{meshid}']"
-        msh = request(self.server, "GET", f"/meshsettings?id={meshid.split('/')[-1]}").body
-        agent = PythonAgent(msh).start()
-        self.addCleanup(agent.cleanup)
-        try:
-            page.wait_for_selector(f"{group} tr.device[data-online='1']", timeout=90000)
-        except Exception:
-            raise AssertionError(f"agent log:\n{agent.log()[-3000:]}")
-        nodeid = page.get_attribute(f"{group} tr.device", "data-nodeid")
-        page.click(f"{group} tr.device a.device-link")
-        page.wait_for_selector("#view-device:not([hidden]) #device-state[data-online='1']")
+        _agent, _name, nodeid = self.open_agent_device(session, "guests-")
         device_name = page.text_content("#device-name")
         page.wait_for_selector("#guest-links:not([hidden]) #share-none:not([hidden])")
         # An agent without Intel AMT has no AMT credentials form.
