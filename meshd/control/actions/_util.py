@@ -75,6 +75,14 @@ async def get_mesh(store: IStore, mesh_id: str) -> Optional[Document]:
     return mesh
 
 
+async def visible_mesh(store: IStore, access: Access, mesh_id: str) -> Optional[Document]:
+    """The device group if it exists, is not deleted and the user is linked to it."""
+    mesh = await get_mesh(store, mesh_id)
+    if mesh is None or mesh.get("deleted") or mesh_id not in access.linked_ids("mesh/"):
+        return None
+    return mesh
+
+
 async def get_node(store: IStore, node_id: str) -> Optional[Document]:
     node = await store.get(node_id)
     if node is None or node.get("type") != "node":

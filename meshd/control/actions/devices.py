@@ -27,7 +27,6 @@ from meshd.agent.identity import encode_id
 from meshd.control.actions._util import (
     DOMAIN,
     full_id,
-    get_mesh,
     in_domain,
     mesh_by_name,
     short_id,
@@ -37,6 +36,7 @@ from meshd.control.actions._util import (
     valid_int,
     valid_str,
     valid_str_list,
+    visible_mesh,
     visible_meshes,
 )
 from meshd.control.hub import mesh_targets, node_targets
@@ -133,9 +133,7 @@ async def nodes(call: Call) -> None:
             error = "Invalid group id"
         else:
             mesh_id = full_id("mesh", mesh_id)
-            mesh = await get_mesh(call.store, mesh_id)
-            if mesh is None or mesh.get("deleted") or \
-                    mesh_id not in access.linked_ids("mesh/"):
+            if await visible_mesh(call.store, access, mesh_id) is None:
                 error = "Invalid group id"
             mesh_ids = [mesh_id]
     if error is not None:
@@ -297,8 +295,8 @@ async def _group_for_new_device(call: Call, mtype: int, wrong_type: str
                                 ) -> tuple[Optional[Document], Optional[str]]:
     access = await call.access()
     mesh_id = full_id("mesh", call.command["meshid"])
-    mesh = await get_mesh(call.store, mesh_id)
-    if mesh is None or mesh.get("deleted") or mesh_id not in access.linked_ids("mesh/"):
+    mesh = await visible_mesh(call.store, access, mesh_id)
+    if mesh is None:
         return None, "Unknown device group"
     if mesh.get("mtype") != mtype:
         return None, wrong_type
@@ -398,9 +396,8 @@ async def change_device_mesh(call: Call) -> None:
             error = "Invalid groupid"
         else:
             mesh_id = full_id("mesh", mesh_id)
-            target = await get_mesh(call.store, mesh_id)
-            if target is None or target.get("deleted") or \
-                    mesh_id not in access.linked_ids("mesh/"):
+            target = await visible_mesh(call.store, access, mesh_id)
+            if target is None:
                 error = "Unknown device group"
             elif not access.mesh_rights(target) & MESHRIGHT_MANAGECOMPUTERS:
                 error = "Permission denied"
@@ -971,8 +968,8 @@ async def invite_agent(call: Call) -> None:
         os_choice = int(os_choice.strip())
     if not valid_int(os_choice, 0, 5):
         os_choice = 0
-    mesh = await get_mesh(call.store, mesh_id)
-    if mesh is None or mesh.get("deleted") or mesh_id not in access.linked_ids("mesh/"):
+    mesh = await visible_mesh(call.store, access, mesh_id)
+    if mesh is None:
         return call.result("Unknown device group")
     if mesh.get("mtype") != 2:
         return call.result("Invalid group type")

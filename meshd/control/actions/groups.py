@@ -19,7 +19,6 @@ from meshd.control.actions._util import (
     DOMAIN,
     drop_device_connections,
     full_id,
-    get_mesh,
     in_domain,
     links_of,
     mesh_by_name,
@@ -28,6 +27,7 @@ from meshd.control.actions._util import (
     valid_int,
     valid_str,
     valid_str_list,
+    visible_mesh,
     visible_meshes,
 )
 from meshd.control.hub import mesh_targets
@@ -61,13 +61,6 @@ async def _resolve(call: Call, access: Access, name_field: str = "meshname"
         if error is not None:
             return None, error
     return mesh_id, None
-
-
-async def _visible_mesh(call: Call, access: Access, mesh_id: str) -> Optional[Document]:
-    mesh = await get_mesh(call.store, mesh_id)
-    if mesh is None or mesh.get("deleted") or mesh_id not in access.linked_ids("mesh/"):
-        return None
-    return mesh
 
 
 async def meshes(call: Call) -> None:
@@ -128,7 +121,7 @@ async def deletemesh(call: Call) -> None:
     if error is not None:
         return call.result(error)
     mesh_id = full_id("mesh", mesh_id)
-    mesh = await _visible_mesh(call, access, mesh_id)
+    mesh = await visible_mesh(call.store, access, mesh_id)
     if mesh is None:
         return call.result("Unknown device group")
     if access.mesh_rights(mesh) != MESHRIGHT_ADMIN:
@@ -177,7 +170,7 @@ async def editmesh(call: Call) -> None:
     if error is not None:
         return call.result(error)
     mesh_id = full_id("mesh", mesh_id)
-    mesh = await _visible_mesh(call, access, mesh_id)
+    mesh = await visible_mesh(call.store, access, mesh_id)
     if mesh is None:
         return call.result("Invalid group identifier ")  # sic, MeshCentral's text
     if not access.mesh_rights(mesh) & MESHRIGHT_EDITMESH or not in_domain(mesh_id, "mesh"):
@@ -253,7 +246,7 @@ async def addmeshuser(call: Call) -> None:
             error = "Invalid usernames"
         else:
             mesh_id = full_id("mesh", mesh_id)
-            mesh = await _visible_mesh(call, access, mesh_id)
+            mesh = await visible_mesh(call.store, access, mesh_id)
             if mesh is None:
                 error = "Unknown group"
             elif not (own_rights := access.mesh_rights(mesh)) & MESHRIGHT_MANAGEUSERS:
@@ -369,7 +362,7 @@ async def removemeshuser(call: Call) -> None:
                 error = "Invalid userid"
             else:
                 mesh_id = full_id("mesh", mesh_id)
-                mesh = await _visible_mesh(call, access, mesh_id)
+                mesh = await visible_mesh(call.store, access, mesh_id)
                 if mesh is None:
                     error = "Unknown device group"
                 elif not access.mesh_rights(mesh) & MESHRIGHT_MANAGEUSERS:
@@ -439,7 +432,7 @@ async def create_invite_link(call: Call) -> None:
         return call.result("Invalid expire time")
     if not valid_int(flags, 0, 2):
         return call.result("Invalid flags")
-    mesh = await _visible_mesh(call, access, mesh_id)
+    mesh = await visible_mesh(call.store, access, mesh_id)
     if mesh is None or mesh.get("mtype") != 2:
         return call.result("Invalid group id")
     if access.mesh_rights(mesh) & MESHRIGHT_MANAGEUSERS == 0 and \
