@@ -75,6 +75,20 @@ async def get_mesh(store: IStore, mesh_id: str) -> Optional[Document]:
     return mesh
 
 
+async def member_ids(store: IStore, cmd: dict[str, Any]) -> list[str]:
+    """The users a sharing request names: ``userids`` as given, else each of
+    ``usernames`` that exists (lower-case name first); unknown names are dropped."""
+    if valid_str_list(cmd.get("userids"), 1, 128):
+        return [full_id("user", uid) for uid in cmd["userids"]]
+    found = []
+    for name in cmd["usernames"]:
+        for candidate in (f"user/{DOMAIN}/{name.lower()}", f"user/{DOMAIN}/{name}"):
+            if await store.get(candidate) is not None:
+                found.append(candidate)
+                break
+    return found
+
+
 async def visible_mesh(store: IStore, access: Access, mesh_id: str) -> Optional[Document]:
     """The device group if it exists, is not deleted and the user is linked to it."""
     mesh = await get_mesh(store, mesh_id)

@@ -28,6 +28,7 @@ from meshd.control.actions._util import (
     DOMAIN,
     full_id,
     in_domain,
+    member_ids,
     mesh_by_name,
     short_id,
     node_with_rights,
@@ -583,19 +584,11 @@ async def adddeviceuser(call: Call) -> None:
     granted: int = cmd["rights"]
     if rights != MESHRIGHT_ADMIN:
         granted &= rights  # nobody grants rights they do not hold
-    if valid_str_list(cmd.get("userids"), 1, 128):
-        member_ids = [full_id("user", uid) for uid in cmd["userids"]]
-    else:
-        member_ids = []
-        for name in cmd["usernames"]:
-            for candidate in (f"user/{DOMAIN}/{name.lower()}", f"user/{DOMAIN}/{name}"):
-                if await call.store.get(candidate) is not None:
-                    member_ids.append(candidate)
-                    break
+    members = await member_ids(call.store, cmd)
     remove = cmd.get("remove") is True
     targets = ["*", node.get("meshid", ""), node_id]
     node_changed = False
-    for member_id in member_ids:
+    for member_id in members:
         if not in_domain(member_id) or not member_id.startswith(("user/", "ugrp/")):
             continue
         member = await call.store.get(member_id)

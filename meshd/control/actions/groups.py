@@ -21,6 +21,7 @@ from meshd.control.actions._util import (
     full_id,
     in_domain,
     links_of,
+    member_ids,
     mesh_by_name,
     short_id,
     unlink_from_members,
@@ -256,20 +257,12 @@ async def addmeshuser(call: Call) -> None:
     if error is not None or mesh is None:
         return call.result(error or "Unknown group")
     rights: int = cmd["meshadmin"]
-    if valid_str_list(cmd.get("userids"), 1, 128):
-        member_ids = [full_id("user", uid) for uid in cmd["userids"]]
-    else:
-        # Unknown names are dropped here, so they end as "Nothing done" (spec §12.11).
-        member_ids = []
-        for name in cmd["usernames"]:
-            for candidate in (f"user/{DOMAIN}/{name.lower()}", f"user/{DOMAIN}/{name}"):
-                if await call.store.get(candidate) is not None:
-                    member_ids.append(candidate)
-                    break
+    # Unknown names are dropped here, so they end as "Nothing done" (spec §12.11).
+    members = await member_ids(call.store, cmd)
     messages: list[str] = []
     success = failed = 0
     unknown: list[str] = []
-    for member_id in member_ids:
+    for member_id in members:
         if member_id.split("/")[1:2] != [DOMAIN]:
             messages.append("Mismatch domains")
             continue
