@@ -154,14 +154,10 @@ async def edituser(call: Call) -> None:
         target_id = cmd["id"]
     if not manager:
         return call.result("Permission denied")
-    if not valid_str(target_id, 1, 2048):
-        return call.result("Invalid userid")
-    target_id = full_id("user", target_id)
-    target = await call.store.get(target_id)
-    if target is None or target.get("type") != "user":
-        return call.result("User does not exists")
-    if not in_domain(target_id, "user"):
-        return call.result("Invalid domain")
+    target, error = await _target_user(call, target_id)
+    if target is None:
+        return call.result(error)
+    target_id = target["_id"]
     if is_full_admin(target) and not is_full_admin(user):
         return call.result("Permission denied")
     changed = False
@@ -243,20 +239,29 @@ async def edituser(call: Call) -> None:
     call.result("ok")
 
 
+async def _target_user(call: Call, target_id: Any) -> tuple[Optional[Document], str]:
+    """(the user a request names, or None and MeshCentral's error text)."""
+    if not valid_str(target_id, 1, 2048):
+        return None, "Invalid userid"
+    target_id = full_id("user", target_id)
+    target = await call.store.get(target_id)
+    if target is None or target.get("type") != "user":
+        return None, "User does not exists"
+    if not in_domain(target_id, "user"):
+        return None, "Invalid domain"
+    return target, ""
+
+
 async def deleteuser(call: Call) -> None:
     """``{userid, responseid}`` → ``result:"ok"``; removes every link to the user."""
     cmd, user = call.command, call.user
     if not _manages_users(user):
         return call.result("Permission denied")
     target_id = cmd.get("userid")
-    if not valid_str(target_id, 1, 2048):
-        return call.result("Invalid userid")
-    target_id = full_id("user", target_id)
-    target = await call.store.get(target_id)
-    if target is None or target.get("type") != "user":
-        return call.result("User does not exists")
-    if not in_domain(target_id, "user"):
-        return call.result("Invalid domain")
+    target, error = await _target_user(call, target_id)
+    if target is None:
+        return call.result(error)
+    target_id = target["_id"]
     if is_full_admin(target):
         if not is_full_admin(user):
             return call.result("Permission denied")
